@@ -1,0 +1,253 @@
+"""``TrainEnv``: one training run as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from trainenv.core import interventions as registry
+from trainenv.core.actions import ActionSpec, Applied, ContinuousMagnitudes, DiscreteMenu
+from trainenv.core.collapse import CollapseRule, CollapseState
+from trainenv.core.interventions import ROLLBACK_EVENT, Intervention
+from trainenv.core.metastate import MetaStateEncoder, squash, symlog
+from trainenv.core.reward import RewardSpec
+from trainenv.trainers.base import Trainer
+
+ActionMode = Literal["discrete", "continuous"]
+ObservationMode = Literal["metastate", "telemetry"]
+OBS_BOUND = 10.0
+
+
+class TrainEnv(gym.Env[np.ndarray, Any]):
+    """A training run as an environment: ``step`` applies an intervention, then ``k`` updates.
+
+    Observation (``observation="metastate"``, default), ``float32`` of shape ``(d + 1,)`` in
+    ``[-10, 10]``: the ``d`` meta-state latents of the latest telemetry window (see
+    :class:`~trainenv.core.metastate.MetaStateEncoder`), then training progress
+    ``step / max_steps`` in ``[0, 1]``. With ``observation="telemetry"``: the latest telemetry
+    row in squashed symlog units, shape ``(C + 1,)``, no fitting needed.
+
+    Action: ``action_mode="discrete"`` (default), a menu of no-op plus each intervention at
+    ``levels`` magnitudes; ``"continuous"``, a ``Box(-1, 1)`` of per-intervention magnitudes.
+    See :mod:`trainenv.core.actions`.
+
+    Reward: :class:`~trainenv.core.reward.RewardSpec`, on performance normalised by the
+    trainer's ``performance_range``. ``terminated`` means the run collapsed
+    (:class:`~trainenv.core.collapse.CollapseRule`); ``truncated`` that ``max_steps`` steps
+    were taken.
+
+    ``info`` holds ``performance`` (raw), ``p`` (normalised), ``best_p``, ``knobs`` (in
+    force after the step), ``active`` (knob interventions and the steps they have left),
+    ``applied``, ``cost``, ``telemetry`` (latest row by channel), ``updates`` and
+    ``collapse`` (``None``, ``"non-finite"`` or ``"performance"``).
+
+    Args:
+        trainer: The run.
+        k: Updates per step.
+        max_steps: Steps per episode (the budget).
+        action_mode: ``"discrete"`` or ``"continuous"``.
+        observation: ``"metastate"`` or ``"telemetry"``.
+        interventions: Registry names on offer; default: all the trainer supports.
+        levels: Magnitudes per intervention on the discrete menu.
+        encoder: A fitted :class:`MetaStateEncoder` or a path to one (metastate only).
+        collapse: The collapse rule.
+        reward: The reward spec.
+        checkpoint_every: With ``rollback`` on offer, the env keeps the run's last good fork,
+            refreshed every this many steps while the run is healthy.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        *,
+        k: int = 1,
+        max_steps: int = 100,
+        action_mode: ActionMode = "discrete",
+        observation: ObservationMode = "metastate",
+        interventions: Sequence[str] | None = None,
+        levels: int = 3,
+        encoder: MetaStateEncoder | str | Path | None = None,
+        collapse: CollapseRule | None = None,
+        reward: RewardSpec | None = None,
+        checkpoint_every: int = 10,
+    ) -> None:
+        for name, value in (("k", k), ("max_steps", max_steps), ("levels", levels),
+                            ("checkpoint_every", checkpoint_every)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.trainer = trainer
+        self.k, self.max_steps, self.checkpoint_every = int(k), int(max_steps), checkpoint_every
+        self.collapse_rule = collapse or CollapseRule()
+        self.reward_spec = reward or RewardSpec()
+        self.action_spec = _action_spec(action_mode, _interventions(trainer, interventions), levels)
+        self.action_space = self.action_spec.space
+        self.observation_mode = observation
+        self.encoder = _encoder(observation, encoder, trainer)
+        width = (self.encoder.n_components if self.encoder else len(trainer.channels)) + 1
+        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (width,), np.float32)
+        self._rollback = any(i.event == ROLLBACK_EVENT for i in self.action_spec.interventions)
+        self._window = self.encoder.window if self.encoder else 1
+        self._started = False
+
+    # -- gymnasium API ------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        run_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self.trainer.reset(run_seed)
+        self._steps = 0
+        self._rows = np.zeros((0, len(self.trainer.channels)))
+        self._active: dict[str, tuple[str, float, int]] = {}  # knob -> (name, magnitude, left)
+        self._p = self._normalise(self.trainer.evaluate())
+        self._collapse_state = CollapseState(best=self._p)
+        self._checkpoint = self.trainer.snapshot() if self._rollback else None
+        self._started = True
+        return self._observe(), self._info([], 0.0, None)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        applied = self.action_spec.decode(action)  # raises before the run is touched
+        self._expire_knobs()
+        cost = self._apply(applied)
+        telemetry = self.trainer.advance(self.k)
+        self._rows = np.concatenate([self._rows, telemetry.values])[-self._window :]
+        p_prev, self._p = self._p, self._normalise(self.trainer.evaluate())
+        self._collapse_state, reason = self.collapse_rule.update(
+            self._collapse_state, self._p, telemetry.diverged
+        )
+        self._steps += 1
+        terminated = reason is not None
+        if terminated:
+            self._started = False
+        elif self._rollback and self._steps % self.checkpoint_every == 0 and self._healthy():
+            self._checkpoint = self.trainer.snapshot()
+        reward = self.reward_spec(p_prev, self._p, self._collapse_state.best, cost, terminated)
+        truncated = not terminated and self._steps >= self.max_steps
+        return self._observe(), float(reward), terminated, truncated, self._info(applied, cost, reason)
+
+    # -- forks ----------------------------------------------------------------------------------
+    def fork(self) -> TrainEnv:
+        """An independent environment continuing from exactly this one's state.
+
+        The fork's run (weights, optimizer, data position, inner environment, every RNG) and
+        the env's own state (active interventions, collapse and reward memory) are copies;
+        continued with the same actions, the fork reproduces this env's continuation.
+        """
+        memo = {id(self.encoder): self.encoder, id(self.action_spec): self.action_spec}
+        memo.update({id(obj): obj for obj in self.trainer._shared()})
+        return copy.deepcopy(self, memo)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _apply(self, applied: list[Applied]) -> float:
+        cost = 0.0
+        for intervention, magnitude in applied:
+            cost += intervention.cost
+            if intervention.knob is not None:
+                self.trainer.set_knob(intervention.knob, magnitude)
+                self._active[intervention.knob] = (intervention.name, magnitude, intervention.duration)
+            elif intervention.event == ROLLBACK_EVENT:
+                self._roll_back()
+            else:
+                self.trainer.apply_event(intervention.target, magnitude)
+        return cost
+
+    def _expire_knobs(self) -> None:
+        for knob, (name, magnitude, left) in list(self._active.items()):
+            if left <= 1:
+                del self._active[knob]
+                self.trainer.reset_knob(knob)
+            else:
+                self._active[knob] = (name, magnitude, left - 1)
+
+    def _roll_back(self) -> None:
+        self.trainer.restore(self._checkpoint)
+        # The env's schedule of active interventions is the authority on knobs, not the
+        # knobs recorded in the checkpoint.
+        for spec in self.trainer.knob_specs:
+            active = self._active.get(spec.name)
+            self.trainer.set_knob(spec.name, active[1] if active else spec.default)
+
+    def _healthy(self) -> bool:
+        return self._p >= self.collapse_rule.threshold(self._collapse_state.best)
+
+    def _normalise(self, performance: float) -> float:
+        floor, ceiling = self.trainer.performance_range
+        return (performance - floor) / (ceiling - floor)
+
+    def _observe(self) -> np.ndarray:
+        if self.encoder is None:
+            body = squash(symlog(self._rows[-1]), OBS_BOUND) if len(self._rows) else None
+        else:
+            body = self.encoder.encode(self._rows) if len(self._rows) else None
+        if body is None:
+            body = np.zeros(self.observation_space.shape[0] - 1)
+        return np.append(body, self._steps / self.max_steps).astype(np.float32)
+
+    def _info(self, applied: list[Applied], cost: float, collapse: str | None) -> dict[str, Any]:
+        last = self._rows[-1] if len(self._rows) else np.full(len(self.trainer.channels), np.nan)
+        return {
+            "performance": self.trainer.evaluate(),
+            "p": self._p,
+            "best_p": self._collapse_state.best,
+            "knobs": dict(self.trainer.knobs),
+            "active": {name: left for name, _, left in self._active.values()},
+            "applied": [(i.name, m) for i, m in applied],
+            "cost": cost,
+            "telemetry": {c.name: float(v) for c, v in zip(self.trainer.channels, last)},
+            "updates": self.trainer.updates,
+            "collapse": collapse,
+        }
+
+
+def _interventions(trainer: Trainer, names: Sequence[str] | None) -> list[Intervention]:
+    available = registry.supported((*trainer.targets, ROLLBACK_EVENT))
+    if names is None:
+        return list(available)
+    chosen = [registry.get(n) for n in names]
+    unsupported = [i.name for i in chosen if i not in available]
+    if unsupported:
+        raise ValueError(
+            f"interventions {unsupported} are not supported by {type(trainer).__name__}; "
+            f"supported: {[i.name for i in available]}"
+        )
+    return chosen
+
+
+def _action_spec(mode: str, interventions: list[Intervention], levels: int) -> ActionSpec:
+    if mode == "discrete":
+        return DiscreteMenu(interventions, levels)
+    if mode == "continuous":
+        return ContinuousMagnitudes(interventions)
+    raise ValueError(f"action_mode must be 'discrete' or 'continuous', got {mode!r}")
+
+
+def _encoder(
+    mode: str, encoder: MetaStateEncoder | str | Path | None, trainer: Trainer
+) -> MetaStateEncoder | None:
+    if mode == "telemetry":
+        return None
+    if mode != "metastate":
+        raise ValueError(f"observation must be 'metastate' or 'telemetry', got {mode!r}")
+    if encoder is None:
+        raise ValueError(
+            "observation='metastate' needs a fitted encoder: pass encoder=trainenv.calibrate(...) "
+            "or a path to one, or use observation='telemetry'"
+        )
+    if not isinstance(encoder, MetaStateEncoder):
+        encoder = MetaStateEncoder.load(encoder)
+    channels = tuple(c.name for c in trainer.channels)
+    if encoder.channels != channels:
+        raise ValueError(
+            f"encoder was fitted on channels {encoder.channels}, trainer has {channels}"
+        )
+    return encoder

@@ -1,0 +1,219 @@
+"""The trainer protocol: the object that owns one run."""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainenv.core.knobs import KnobSpec
+from trainenv.core.rng import RunRng, perturbation_generator
+from trainenv.core.telemetry import ChannelSpec, Telemetry
+
+
+class Trainer(abc.ABC):
+    """Owns one inner training run.
+
+    A subclass declares its telemetry ``channels``, its ``knob_specs`` and the one-off
+    ``events`` it supports, and implements the ``_reset``/``_advance``/``_apply_event`` hooks
+    and ``snapshot``/``restore``. The base class keeps the knobs, the run's own random state
+    (swapped in around all of the run's work) and the perturbation generators.
+
+    Attributes:
+        channels: Telemetry channels, in the column order of ``Telemetry.values``.
+        knob_specs: The run's live settings.
+        events: Names of the one-off events ``apply_event`` accepts.
+        performance_range: ``(floor, ceiling)`` of ``evaluate()``: chance-level performance
+            and the best attainable. Environments normalise performance with it.
+    """
+
+    channels: tuple[ChannelSpec, ...]
+    knob_specs: tuple[KnobSpec, ...]
+    events: tuple[str, ...]
+    performance_range: tuple[float, float]
+
+    def __init__(self) -> None:
+        self._knobs = {s.name: s.default for s in self.knob_specs}
+        self._specs = {s.name: s for s in self.knob_specs}
+        self.seed: int | None = None
+        self.updates = 0
+        self._rng: RunRng | None = None
+        self._perturbation_rngs: dict[str, np.random.Generator] = {}
+
+    # -- the protocol -------------------------------------------------------------------------
+    def reset(self, seed: int) -> None:
+        """Start a fresh run from ``seed``: new weights, optimizer, data order, RNGs, knobs."""
+        self.seed = int(seed)
+        self.updates = 0
+        self._knobs = {s.name: s.default for s in self.knob_specs}
+        self._perturbation_rngs = {}
+        self._rng = RunRng(self.seed)
+        with self._rng.active():
+            self._reset(self.seed)
+
+    def advance(self, k: int) -> Telemetry:
+        """Run ``k`` updates and return their telemetry (stops early if the run diverges)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        with self._active():
+            telemetry = self._advance(int(k))
+        self.updates += len(telemetry.values)
+        return telemetry
+
+    @abc.abstractmethod
+    def evaluate(self) -> float:
+        """The run's performance as of its latest evaluation (cheap: no extra training)."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Any:
+        """A copy of the run's whole state (weights, optimizer, data position, RNGs, knobs)."""
+
+    @abc.abstractmethod
+    def restore(self, snapshot: Any) -> None:
+        """Return the run to ``snapshot``; the snapshot stays valid for further restores."""
+
+    def fork(self) -> Trainer:
+        """An independent trainer continuing from exactly this run's state."""
+        memo = {id(obj): obj for obj in self._shared()}
+        return copy.deepcopy(self, memo)
+
+    # -- knobs and events ---------------------------------------------------------------------
+    @property
+    def knobs(self) -> Mapping[str, float]:
+        """The knob values in force (a read-only copy)."""
+        return dict(self._knobs)
+
+    def knob_spec(self, name: str) -> KnobSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise ValueError(
+                f"{type(self).__name__} has no knob {name!r}; knobs: {sorted(self._specs)}"
+            ) from None
+
+    def set_knob(self, name: str, value: float) -> None:
+        self._knobs[name] = self.knob_spec(name).validate(value)
+
+    def reset_knob(self, name: str) -> None:
+        self._knobs[name] = self.knob_spec(name).default
+
+    def apply_event(self, name: str, magnitude: float) -> None:
+        """Apply a one-off event (weight noise, optimizer reset...) of the given magnitude."""
+        if name not in self.events:
+            raise ValueError(f"{type(self).__name__} has no event {name!r}; events: {self.events}")
+        with self._active():
+            self._apply_event(name, float(magnitude))
+
+    def perturbation_rng(self, name: str) -> np.random.Generator:
+        """The generator of one intervention's noise, separate from training randomness."""
+        if self.seed is None:
+            raise RuntimeError("call reset(seed) first")
+        if name not in self._perturbation_rngs:
+            self._perturbation_rngs[name] = perturbation_generator(self.seed, name)
+        return self._perturbation_rngs[name]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Knob and event names: what interventions can act through."""
+        return tuple(self._specs) + tuple(self.events)
+
+    # -- for subclasses -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _reset(self, seed: int) -> None: ...
+
+    @abc.abstractmethod
+    def _advance(self, k: int) -> Telemetry: ...
+
+    @abc.abstractmethod
+    def _apply_event(self, name: str, magnitude: float) -> None: ...
+
+    def _shared(self) -> Iterable[object]:
+        """Immutable objects a fork may share instead of copying (datasets, corpora)."""
+        return ()
+
+    def _active(self) -> Any:
+        if self._rng is None:
+            raise RuntimeError(f"{type(self).__name__}: call reset(seed) before using the run")
+        return self._rng.active()
+
+    def _base_state(self) -> dict[str, Any]:
+        """The base-class part of a snapshot."""
+        return copy.deepcopy(
+            {
+                "knobs": self._knobs,
+                "updates": self.updates,
+                "rng": self._rng,
+                "perturbation_rngs": self._perturbation_rngs,
+            }
+        )
+
+    def _restore_base_state(self, state: dict[str, Any]) -> None:
+        state = copy.deepcopy(state)
+        self._knobs = state["knobs"]
+        self.updates = state["updates"]
+        self._rng = state["rng"]
+        self._perturbation_rngs = state["perturbation_rngs"]
+
+
+# -- helpers shared by trainers that hold torch modules --------------------------------------
+def global_grad_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+
+
+def clip_and_measure(params: list[torch.Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm to ``max_norm`` (a no-op at inf); return the norm before."""
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+
+
+def add_weight_noise(params: Iterable[torch.Tensor], rel_std: float, rng: torch.Generator) -> None:
+    """Add Gaussian noise with std ``rel_std`` times each tensor's RMS."""
+    with torch.no_grad():
+        for p in params:
+            rms = p.pow(2).mean().sqrt()
+            p.add_(torch.randn(p.shape, generator=rng, dtype=p.dtype) * rel_std * rms)
+
+
+def rescale_weights(params: Iterable[torch.Tensor], factor: float) -> None:
+    with torch.no_grad():
+        for p in params:
+            p.mul_(factor)
+
+
+def shrink_optimizer_state(optimizer: torch.optim.Optimizer, fraction: float) -> None:
+    """Shrink the optimizer's moment estimates by ``fraction``; at 1.0 clear its state."""
+    if fraction >= 1.0:
+        optimizer.state.clear()
+        return
+    with torch.no_grad():
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.mul_(1.0 - fraction)
+
+
+def reset_first_linear(module: torch.nn.Module, mix: float, rng: torch.Generator) -> None:
+    """Move the first ``nn.Linear`` of ``module`` a fraction ``mix`` toward a fresh init.
+
+    The fresh initialisation draws from ``rng`` (not the run's training generator), so the
+    run's own randomness is untouched.
+    """
+    layer = next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
+    fresh = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+        fresh.reset_parameters()
+    with torch.no_grad():
+        layer.weight.lerp_(fresh.weight.to(layer.weight.dtype), mix)
+        if layer.bias is not None:
+            layer.bias.lerp_(fresh.bias.to(layer.bias.dtype), mix)
+
+
+def all_finite(params: Iterable[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)

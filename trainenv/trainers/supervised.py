@@ -1,0 +1,244 @@
+"""A fast supervised run: an MLP classifier on scikit-learn's bundled digits data.
+
+It exists so that most tests and examples run in seconds: one update is one mini-batch Adam
+step on a ~9k-parameter MLP (well under a millisecond on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector
+
+from trainenv.core import knobs as K
+from trainenv.core.knobs import KnobSpec
+from trainenv.core.rng import perturbation_generator, torch_generator
+from trainenv.core.telemetry import ChannelSpec, Telemetry
+from trainenv.trainers.base import (
+    Trainer,
+    add_weight_noise,
+    clip_and_measure,
+    rescale_weights,
+    reset_first_linear,
+    shrink_optimizer_state,
+)
+
+LABEL_NOISE = KnobSpec("label_noise", 0.0, 0.0, 1.0, "fraction of labels replaced at random")
+GRAD_NOISE = KnobSpec(
+    "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
+)
+
+
+class SupervisedTrainer(Trainer):
+    """Mini-batch Adam on an MLP classifier over scikit-learn's digits (8x8 images, 10 classes).
+
+    Args:
+        hidden: Widths of the hidden layers.
+        lr: Adam learning rate (the recipe's; knobs scale it).
+        batch_size: Examples per update (the recipe's; ``batch_shrink`` divides it).
+        eval_every: Updates between validation passes; performance and the validation
+            channels hold the latest pass in between.
+        val_fraction: Share of the data held out for validation (a fixed split, the same for
+            every seed: the seed varies the run, not the task).
+    """
+
+    channels = (
+        ChannelSpec("train_loss", "cross-entropy of the update's mini-batch, nats"),
+        ChannelSpec("val_loss", "cross-entropy on the validation split at the latest pass, nats"),
+        ChannelSpec("val_accuracy", "accuracy on the validation split at the latest pass"),
+        ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
+        ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
+        ChannelSpec("weight_norm", "global L2 norm of the weights"),
+        ChannelSpec("lr", "learning rate in force"),
+    )
+    knob_specs = (
+        K.LR_SCALE, K.LR_BACKOFF, K.GRAD_CLIP, K.BATCH_SHRINK, K.INPUT_NOISE, K.INPUT_SHIFT,
+        LABEL_NOISE, GRAD_NOISE,
+    )  # fmt: skip
+    events = ("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset")
+    performance_range = (0.1, 1.0)
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (64, 64),
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        eval_every: int = 10,
+        val_fraction: float = 0.2,
+    ) -> None:
+        _check_positive("batch_size", batch_size)
+        _check_positive("eval_every", eval_every)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of widths >= 1, got {hidden}")
+        super().__init__()
+        self.hidden = tuple(int(h) for h in hidden)
+        self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
+        self._data = _DigitsData(val_fraction)
+        self.model: nn.Module | None = None
+
+    # -- protocol -----------------------------------------------------------------------------
+    def _reset(self, seed: int) -> None:
+        widths = (self._data.x_train.shape[1], *self.hidden)
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        self.model = nn.Sequential(*layers, nn.Linear(widths[-1], self._data.n_classes))
+        self._params = list(self.model.parameters())
+        # fused: one kernel for the whole step, ~30 % faster on CPU for small models.
+        self.optimizer = torch.optim.Adam(self._params, lr=self.lr, fused=True)
+        self._perm = torch.randperm(len(self._data.y_train))
+        self._cursor = 0
+        self._weights = parameters_to_vector(self._params).detach()
+        # One +-1 direction per run, so a shift is a consistent covariate shift.
+        signs = perturbation_generator(seed, "input_shift_direction").choice([-1.0, 1.0], self._data.dim)
+        self._shift_direction = torch.from_numpy(signs).to(torch.float32)
+        self._validate()
+
+    def _advance(self, k: int) -> Telemetry:
+        rows = np.empty((k, len(self.channels)))
+        for i in range(k):
+            rows[i] = self._update(self.updates + i + 1)
+            if not np.isfinite(rows[i, [0, 5]]).all():
+                return Telemetry(rows[: i + 1], diverged=True)
+        return Telemetry(rows)
+
+    def evaluate(self) -> float:
+        return self._val_accuracy
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "base": self._base_state(),
+            "model": copy.deepcopy(self._model().state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "perm": self._perm.clone(),
+            "cursor": self._cursor,
+            "validation": (self._val_loss, self._val_accuracy),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._restore_base_state(snapshot["base"])
+        self._model().load_state_dict(snapshot["model"])
+        # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self._perm, self._cursor = snapshot["perm"].clone(), snapshot["cursor"]
+        self._val_loss, self._val_accuracy = snapshot["validation"]
+        self._weights = parameters_to_vector(self._params).detach()
+
+    def _apply_event(self, name: str, magnitude: float) -> None:
+        rng = self.perturbation_rng(name)
+        if name == "optimizer_reset":
+            shrink_optimizer_state(self.optimizer, magnitude)
+        elif name == "weight_noise":
+            add_weight_noise(self._params, magnitude, torch_generator(rng))
+        elif name == "weight_rescale":
+            rescale_weights(self._params, magnitude)
+        elif name == "layer_reset":
+            reset_first_linear(self._model(), magnitude, torch_generator(rng))
+        self._weights = parameters_to_vector(self._params).detach()
+
+    def _shared(self) -> Iterable[object]:
+        return (self._data,)
+
+    # -- one update ---------------------------------------------------------------------------
+    def _update(self, number: int) -> list[float]:
+        """Update number ``number`` (1-based) of the run; returns its telemetry row."""
+        knobs = self._knobs
+        x, y = self._next_batch(max(1, round(self.batch_size / knobs["batch_shrink"])))
+        x, y = self._perturb_batch(x, y)
+        lr = self.lr * knobs["lr_scale"] * knobs["lr_backoff"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = nn.functional.cross_entropy(self._model()(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_and_measure(self._params, knobs["grad_clip"])
+        if knobs["grad_noise"] > 0:
+            self._add_grad_noise(knobs["grad_noise"])
+        self.optimizer.step()
+        previous, self._weights = self._weights, parameters_to_vector(self._params).detach()
+        weight_norm = float(self._weights.norm())
+        update_ratio = float((self._weights - previous).norm()) / max(weight_norm, 1e-12)
+        if number % self.eval_every == 0:
+            self._validate()
+        return [
+            loss.item(), self._val_loss, self._val_accuracy, grad_norm, update_ratio,
+            weight_norm, lr,
+        ]  # fmt: skip
+
+    def _next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cursor + size > len(self._perm):
+            self._perm = torch.randperm(len(self._data.y_train))
+            self._cursor = 0
+        idx = self._perm[self._cursor : self._cursor + size]
+        self._cursor += size
+        return self._data.x_train[idx], self._data.y_train[idx]
+
+    def _perturb_batch(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        knobs = self._knobs
+        if knobs["input_noise"] > 0:
+            noise = self.perturbation_rng("input_noise").standard_normal(x.shape)
+            x = x + knobs["input_noise"] * torch.from_numpy(noise).to(x.dtype)
+        if knobs["input_shift"] > 0:
+            x = x + knobs["input_shift"] * self._shift_direction
+        if knobs["label_noise"] > 0:
+            rng = self.perturbation_rng("label_noise")
+            flip = torch.from_numpy(rng.random(len(y)) < knobs["label_noise"])
+            random_labels = torch.from_numpy(rng.integers(self._data.n_classes, size=len(y)))
+            y = torch.where(flip, random_labels, y)
+        return x, y
+
+    def _add_grad_noise(self, rel_std: float) -> None:
+        rng = self.perturbation_rng("grad_noise")
+        for p in self._params:
+            if p.grad is not None:
+                rms = p.grad.pow(2).mean().sqrt()
+                noise = torch.from_numpy(rng.standard_normal(p.shape)).to(p.dtype)
+                p.grad.add_(noise * rel_std * rms)
+
+    def _validate(self) -> None:
+        with torch.no_grad():
+            logits = self._model()(self._data.x_val)
+            self._val_loss = float(nn.functional.cross_entropy(logits, self._data.y_val))
+            self._val_accuracy = float((logits.argmax(1) == self._data.y_val).float().mean())
+
+    def _model(self) -> nn.Module:
+        if self.model is None:
+            raise RuntimeError("call reset(seed) first")
+        return self.model
+
+
+class _DigitsData:
+    """The digits split, standardised per feature with training statistics (shared by forks)."""
+
+    def __init__(self, val_fraction: float) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = load_digits(return_X_y=True)
+        x_tr, x_va, y_tr, y_va = train_test_split(
+            x, y, test_size=val_fraction, random_state=0, stratify=y
+        )
+        scaler = StandardScaler().fit(x_tr)
+        self.x_train = torch.as_tensor(scaler.transform(x_tr), dtype=torch.float32)
+        self.x_val = torch.as_tensor(scaler.transform(x_va), dtype=torch.float32)
+        self.y_train = torch.as_tensor(y_tr, dtype=torch.long)
+        self.y_val = torch.as_tensor(y_va, dtype=torch.long)
+        self.dim = self.x_train.shape[1]
+        self.n_classes = int(y.max()) + 1
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
