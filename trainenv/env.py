@@ -133,7 +133,13 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             self._checkpoint = self.trainer.snapshot()
         reward = self.reward_spec(p_prev, self._p, self._collapse_state.best, cost, terminated)
         truncated = not terminated and self._steps >= self.max_steps
-        return self._observe(), float(reward), terminated, truncated, self._info(applied, cost, reason)
+        return (
+            self._observe(),
+            float(reward),
+            terminated,
+            truncated,
+            self._info(applied, cost, reason),
+        )
 
     # -- forks ----------------------------------------------------------------------------------
     def fork(self) -> TrainEnv:
@@ -154,7 +160,11 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             cost += intervention.cost
             if intervention.knob is not None:
                 self.trainer.set_knob(intervention.knob, magnitude)
-                self._active[intervention.knob] = (intervention.name, magnitude, intervention.duration)
+                self._active[intervention.knob] = (
+                    intervention.name,
+                    magnitude,
+                    intervention.duration,
+                )
             elif intervention.event == ROLLBACK_EVENT:
                 self._roll_back()
             else:

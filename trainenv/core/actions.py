@@ -55,7 +55,9 @@ class DiscreteMenu(ActionSpec):
     def decode(self, action: Any) -> list[Applied]:
         index = _as_index(action)
         if not 0 <= index < len(self.menu):
-            raise ValueError(f"action must be an integer in [0, {len(self.menu) - 1}], got {action!r}")
+            raise ValueError(
+                f"action must be an integer in [0, {len(self.menu) - 1}], got {action!r}"
+            )
         entry = self.menu[index]
         return [] if entry is None else [entry]
 
@@ -72,6 +74,18 @@ class ContinuousMagnitudes(ActionSpec):
         if not self.interventions:
             raise ValueError("continuous actions need at least one intervention")
         self.space = spaces.Box(-1.0, 1.0, (len(self.interventions),), np.float32)
+
+    def encode(self, magnitudes: dict[str, float]) -> np.ndarray:
+        """The action applying each named intervention at its magnitude (the rest off)."""
+        names = [i.name for i in self.interventions]
+        action = np.full(self.space.shape, -1.0, np.float32)
+        for name, magnitude in magnitudes.items():
+            if name not in names:
+                raise ValueError(f"intervention {name!r} is not in this action space: {names}")
+            intervention = self.interventions[names.index(name)]
+            # A component of exactly 0 means "off": nudge the range's low end just inside.
+            action[names.index(name)] = max(intervention.position(magnitude), 1e-7)
+        return action
 
     def decode(self, action: Any) -> list[Applied]:
         try:

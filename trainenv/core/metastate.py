@@ -104,8 +104,12 @@ class MetaStateEncoder:
     def pipeline(self, features: np.ndarray) -> Pipeline:
         """The fitted scikit-learn pipeline this encoder is the fused form of."""
         return make_pipeline(
-            StandardScaler(), PCA(n_components=self.variance if self.variance < 1 else None,
-                                  whiten=True, svd_solver="full")
+            StandardScaler(),
+            PCA(
+                n_components=self.variance if self.variance < 1 else None,
+                whiten=True,
+                svd_solver="full",
+            ),
         ).fit(features)
 
     def transform(self, features: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ step on a ~9k-parameter MLP (well under a millisecond on one CPU thread).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from trainenv.trainers.base import (
     Trainer,
     add_weight_noise,
     clip_and_measure,
+    clone_tree,
     rescale_weights,
     reset_first_linear,
     shrink_optimizer_state,
@@ -62,6 +62,7 @@ class SupervisedTrainer(Trainer):
     )  # fmt: skip
     events = ("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset")
     performance_range = (0.1, 1.0)
+    rng_streams = ("torch",)  # initialisation and data order; perturbations have their own
 
     def __init__(
         self,
@@ -99,7 +100,9 @@ class SupervisedTrainer(Trainer):
         self._cursor = 0
         self._weights = parameters_to_vector(self._params).detach()
         # One +-1 direction per run, so a shift is a consistent covariate shift.
-        signs = perturbation_generator(seed, "input_shift_direction").choice([-1.0, 1.0], self._data.dim)
+        signs = perturbation_generator(seed, "input_shift_direction").choice(
+            [-1.0, 1.0], self._data.dim
+        )
         self._shift_direction = torch.from_numpy(signs).to(torch.float32)
         self._validate()
 
@@ -117,8 +120,8 @@ class SupervisedTrainer(Trainer):
     def snapshot(self) -> dict[str, Any]:
         return {
             "base": self._base_state(),
-            "model": copy.deepcopy(self._model().state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "model": clone_tree(self._model().state_dict()),
+            "optimizer": clone_tree(self.optimizer.state_dict()),
             "perm": self._perm.clone(),
             "cursor": self._cursor,
             "validation": (self._val_loss, self._val_accuracy),
@@ -128,7 +131,7 @@ class SupervisedTrainer(Trainer):
         self._restore_base_state(snapshot["base"])
         self._model().load_state_dict(snapshot["model"])
         # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
-        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.optimizer.load_state_dict(clone_tree(snapshot["optimizer"]))
         self._perm, self._cursor = snapshot["perm"].clone(), snapshot["cursor"]
         self._val_loss, self._val_accuracy = snapshot["validation"]
         self._weights = parameters_to_vector(self._params).detach()
@@ -182,9 +185,7 @@ class SupervisedTrainer(Trainer):
         self._cursor += size
         return self._data.x_train[idx], self._data.y_train[idx]
 
-    def _perturb_batch(
-        self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _perturb_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         knobs = self._knobs
         if knobs["input_noise"] > 0:
             noise = self.perturbation_rng("input_noise").standard_normal(x.shape)

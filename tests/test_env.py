@@ -1,0 +1,192 @@
+"""TrainEnv on the supervised trainer: API contracts, determinism, forks, collapse."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import trainenv  # noqa: F401  (registers the environments)
+from trainenv.core.collapse import CollapseRule
+from trainenv.core.reward import RewardSpec
+from trainenv.env import TrainEnv
+from trainenv.trainers.supervised import SupervisedTrainer
+
+from .helpers import assert_same, rollout
+
+
+def digits(**kwargs) -> TrainEnv:
+    kwargs = {"k": 5, "max_steps": 12, **kwargs}
+    return gym.make("trainenv/Digits-MLP-v0", **kwargs).unwrapped
+
+
+@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
+@pytest.mark.parametrize("observation", ["metastate", "telemetry"])
+def test_gymnasium_and_sb3_checkers_pass(action_mode: str, observation: str) -> None:
+    env = digits(action_mode=action_mode, observation=observation)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_make_through_gymnasium_applies_wrappers_and_runs() -> None:
+    env = gym.make("trainenv/Digits-MLP-v0", max_steps=3)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert set(info) >= {"performance", "p", "knobs", "telemetry", "collapse"}
+    steps = 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        steps += 1
+        assert isinstance(reward, float) and env.observation_space.contains(obs)
+        if terminated or truncated:
+            break
+    assert steps <= 3 and (terminated or info["updates"] == 3 * env.unwrapped.k)
+
+
+def test_same_seed_and_actions_give_bit_identical_trajectories() -> None:
+    actions = [0, 0, 7, 0, 16, 0, 28, 0, 0, 0]
+    assert_same(rollout(digits(), actions, seed=3), rollout(digits(), actions, seed=3))
+    assert rollout(digits(), actions, seed=3)[-1][4] != rollout(digits(), actions, seed=4)[-1][4]
+
+
+def test_fork_reproduces_the_continuation() -> None:
+    env = digits()
+    rollout(env, [0, 10, 0, 0], seed=5)
+    fork = env.fork()
+    actions = [0, 2, 0, 19, 0, 0]
+    assert_same(rollout(env, actions), rollout(fork, actions))
+
+
+def test_fork_is_independent_of_its_parent() -> None:
+    env = digits()
+    rollout(env, [0, 0], seed=5)
+    fork = env.fork()
+    expected = rollout(env.fork(), [0, 0, 0])
+    rollout(env, [21, 21])  # wreck the parent's weights
+    assert_same(rollout(fork, [0, 0, 0]), expected)
+
+
+def test_envs_stepped_alternately_match_each_alone() -> None:
+    actions = [0, 4, 0, 0, 13, 0]
+    alone = [rollout(digits(), actions, seed=s) for s in (1, 2)]
+    a, b = digits(), digits()
+    a.reset(seed=1)
+    b.reset(seed=2)
+    interleaved: tuple[list, list] = ([], [])
+    for action in actions:
+        interleaved[0].extend(rollout(a, [action]))
+        interleaved[1].extend(rollout(b, [action]))
+    assert_same(interleaved[0], alone[0])
+    assert_same(interleaved[1], alone[1])
+
+
+def lr_shock_action(env: TrainEnv) -> int:
+    """The discrete action of the largest learning-rate shock on the menu."""
+    entries = [(m, i) for i, e in enumerate(env.action_spec.menu) if e for m in [e[1]]
+               if e[0].name == "lr_shock"]  # fmt: skip
+    return max(entries)[1]
+
+
+def test_large_lr_shock_collapses_with_the_declared_penalty() -> None:
+    penalty = 7.5
+    env = digits(max_steps=40, reward=RewardSpec(collapse_penalty=penalty))
+    env.reset(seed=0)
+    for _ in range(8):  # let it learn first, so there is something to lose
+        env.step(0)
+    assert env.step(lr_shock_action(env))[4]["knobs"]["lr_scale"] == 1e4
+    for _ in range(30):
+        obs, reward, terminated, truncated, info = env.step(0)
+        assert np.isfinite(obs).all()
+        if terminated:
+            break
+    assert terminated and info["collapse"] == "performance" and reward == -penalty
+
+
+def test_non_finite_training_is_a_collapse_not_an_exception() -> None:
+    # A patient performance rule, so that only the non-finite path can end the episode.
+    env = digits(max_steps=40, interventions=["weight_rescale"], levels=2,
+                 collapse=CollapseRule(patience=1000))  # fmt: skip
+    env.reset(seed=0)
+    for _ in range(40):  # x100 every step: the weights overflow float32 within a few steps
+        obs, reward, terminated, _, info = env.step(2)
+        if terminated:
+            break
+    assert terminated and info["collapse"] == "non-finite"
+    assert np.isfinite(obs).all() and env.observation_space.contains(obs)
+    assert reward == -env.reward_spec.collapse_penalty
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+
+
+def test_knob_interventions_last_their_duration_then_expire() -> None:
+    env = digits()
+    env.reset(seed=0)
+    shock = lr_shock_action(env)
+    duration = env.action_spec.menu[shock][0].duration
+    for step in range(duration + 1):
+        info = env.step(shock if step == 0 else 0)[4]
+        in_force = step < duration
+        assert info["knobs"]["lr_scale"] == (1e4 if in_force else 1.0)
+        assert ("lr_shock" in info["active"]) == in_force
+
+
+def test_unperturbed_digits_run_learns_without_collapsing() -> None:
+    env = digits(max_steps=50)
+    env.reset(seed=0)
+    for _ in range(50):
+        _, _, terminated, truncated, info = env.step(0)
+        assert not terminated
+    assert truncated and info["performance"] > 0.9
+
+
+def test_rollback_restores_the_last_good_fork() -> None:
+    env = digits(max_steps=30, checkpoint_every=4)
+    menu = env.action_spec.menu
+    noise = max(i for i, e in enumerate(menu) if e and e[0].name == "weight_noise")
+    rollback = next(i for i, e in enumerate(menu) if e and e[0].name == "rollback")
+    rollout(env, [0] * 4, seed=2)  # the checkpoint is taken after step 4
+    reference = rollout(env.fork(), [0])
+    rollout(env, [noise])
+    after_rollback = rollout(env, [rollback])
+    assert after_rollback[0][4] == reference[0][4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"k": 0}, "k"),
+        ({"max_steps": -1}, "max_steps"),
+        ({"action_mode": "both"}, "action_mode"),
+        ({"observation": "pixels"}, "observation"),
+        ({"interventions": ["reward_noise"]}, "reward_noise"),
+        ({"interventions": ["no_such_thing"]}, "no_such_thing"),
+        ({"observation": "metastate", "encoder": None}, "encoder"),
+    ],
+)
+def test_bad_config_is_a_clear_error_before_anything_runs(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TrainEnv(SupervisedTrainer(), **{"observation": "telemetry", **kwargs})
+
+
+def test_collapse_and_reward_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="drop"):
+        CollapseRule(drop=1.5)
+    with pytest.raises(ValueError, match="collapse_penalty"):
+        RewardSpec(collapse_penalty=-1)
+
+
+def test_sb3_ppo_trains_on_digits_through_a_vec_env(tmp_path) -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vec = make_vec_env(
+        "trainenv/Digits-MLP-v0", n_envs=2, seed=0, env_kwargs={"k": 2, "max_steps": 20}
+    )
+    model = PPO("MlpPolicy", vec, n_steps=32, batch_size=32, n_epochs=2, seed=0, verbose=0)
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+    obs = vec.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert vec.action_space.contains(int(action[0]))

@@ -1,0 +1,83 @@
+"""The intervention registry, and every intervention's effect on the supervised run."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import pytest
+
+import trainenv  # noqa: F401
+from trainenv.core import interventions as registry
+from trainenv.core.interventions import ROLLBACK_EVENT, Dimension, Intervention, Role
+from trainenv.trainers.supervised import SupervisedTrainer
+
+
+def test_every_dimension_has_perturbations_and_the_registry_is_well_formed() -> None:
+    interventions = registry.all_interventions()
+    for dimension in Dimension:
+        assert any(i.dimension is dimension and i.role is Role.PERTURBATION for i in interventions)
+    assert any(i.role is Role.STABILIZER for i in interventions)
+    for i in interventions:
+        assert 0 < i.low <= i.high < math.inf and i.duration >= 1 and i.description
+        assert math.isclose(i.magnitude(0.0), i.low) and math.isclose(i.magnitude(1.0), i.high)
+        levels = i.levels(4)
+        assert list(levels) == sorted(levels) and len(levels) == (1 if i.low == i.high else 4)
+
+
+def test_log_scale_magnitudes_are_geometric() -> None:
+    shock = registry.get("lr_shock")
+    assert math.isclose(shock.magnitude(0.5), math.sqrt(shock.low * shock.high))
+
+
+def test_registry_rejects_bad_entries_and_unknown_names() -> None:
+    with pytest.raises(ValueError, match="exactly one of knob and event"):
+        Intervention("x", Dimension.DATA, Role.PERTURBATION, 1, 2, False, "d")
+    with pytest.raises(ValueError, match="low <= high"):
+        Intervention("x", Dimension.DATA, Role.PERTURBATION, 2, 1, False, "d", knob="k")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(registry.get("lr_shock"))
+    with pytest.raises(ValueError, match="unknown intervention 'nope'"):
+        registry.get("nope")
+
+
+def test_supervised_trainer_supports_all_four_dimensions_and_the_stabilizers() -> None:
+    names = {i.name for i in registry.supported((*SupervisedTrainer().targets, ROLLBACK_EVENT))}
+    assert {"lr_shock", "optimizer_reset", "batch_shrink", "input_noise", "input_shift",
+            "weight_noise", "weight_rescale", "layer_reset", "label_noise", "grad_clip",
+            "lr_backoff", "rollback", "grad_noise"} <= names  # fmt: skip
+    assert "reward_noise" not in names  # RL only
+
+
+SUPERVISED = [
+    i
+    for i in registry.supported(SupervisedTrainer().targets)  # rollback: tested in test_env
+]
+
+
+def strongest(intervention: Intervention) -> float:
+    """Clipping and back-off bite hardest at their low end, everything else at the high end."""
+    return (
+        intervention.low if intervention.name in ("grad_clip", "lr_backoff") else intervention.high
+    )
+
+
+@pytest.mark.parametrize("intervention", SUPERVISED, ids=lambda i: i.name)
+def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
+    env = gym.make("trainenv/Digits-MLP-v0", k=5, observation="telemetry",
+                   action_mode="continuous").unwrapped  # fmt: skip
+    env.reset(seed=1)
+    for _ in range(3):
+        env.step(env.action_spec.encode({}))
+    twin = env.fork()
+    magnitude = strongest(intervention)
+    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
+    twin_info = twin.step(env.action_spec.encode({}))[4]
+    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
+    if intervention.knob:
+        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
+        assert (
+            twin_info["knobs"][intervention.knob]
+            == env.trainer.knob_spec(intervention.knob).default
+        )
+    assert info["telemetry"] != twin_info["telemetry"]
