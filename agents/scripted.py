@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trainenv.core.actions import ContinuousMagnitudes, DiscreteMenu
-from trainenv.env import TrainEnv
+from agents.encoding import encode
 
 
 class Schedule:
@@ -22,33 +21,31 @@ class Schedule:
 
         schedule = Schedule(env, {20: {"lr_shock": 100.0}, 21: {"grad_clip": 0.5}})
         obs, info = env.reset(seed=0)
-        for step in range(env.unwrapped.max_steps):
-            obs, reward, terminated, truncated, info = env.step(schedule.action(step))
+        schedule.reset()
+        while True:
+            obs, reward, terminated, truncated, info = env.step(schedule.act(obs, info))
+            if terminated or truncated:
+                break
     """
 
     def __init__(self, env: Any, plan: Mapping[int, Mapping[str, float]]) -> None:
-        self.spec = _unwrap(env).action_spec
-        self._actions = {int(step): self._encode(dict(m)) for step, m in plan.items()}
-        self._noop = self._encode({})
+        self._actions = {int(step): encode(env, m) for step, m in plan.items()}
+        self._noop = encode(env, {})
+        self._step = 0
+
+    def reset(self) -> None:
+        """Start counting steps from 0 again (call after ``env.reset``)."""
+        self._step = 0
+
+    def act(self, obs: Any, info: Mapping[str, Any]) -> Any:
+        """The action for the next step (the schedule ignores what it observes)."""
+        action = self.action(self._step)
+        self._step += 1
+        return action
 
     def action(self, step: int) -> Any:
         """The action to take at ``step``."""
         return self._actions.get(step, self._noop)
-
-    def _encode(self, magnitudes: dict[str, float]) -> Any:
-        if isinstance(self.spec, ContinuousMagnitudes):
-            return self.spec.encode(magnitudes)
-        assert isinstance(self.spec, DiscreteMenu)
-        if len(magnitudes) > 1:
-            raise ValueError(f"a discrete menu applies one intervention a step, got {magnitudes}")
-        if not magnitudes:
-            return 0
-        ((name, magnitude),) = magnitudes.items()
-        for index, entry in enumerate(self.spec.menu):
-            if entry and entry[0].name == name and abs(entry[1] - magnitude) <= 1e-6 * magnitude:
-                return index
-        on_menu = [(e[0].name, round(e[1], 6)) for e in self.spec.menu if e]
-        raise ValueError(f"({name!r}, {magnitude}) is not on the discrete menu: {on_menu}")
 
 
 class NoOp(Schedule):
@@ -56,10 +53,3 @@ class NoOp(Schedule):
 
     def __init__(self, env: Any) -> None:
         super().__init__(env, {})
-
-
-def _unwrap(env: Any) -> TrainEnv:
-    inner = getattr(env, "unwrapped", env)
-    if not isinstance(inner, TrainEnv):
-        raise TypeError(f"expected a trainenv environment, got {type(inner).__name__}")
-    return inner

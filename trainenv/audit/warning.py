@@ -1,0 +1,197 @@
+"""Early-warning detectors: streaming scores over a run's telemetry that may precede collapse.
+
+Detectors observe; they never act (controllers in ``agents/`` may act on them). Each turns one
+value per step into a score, higher meaning more alarming, and alarms when the score exceeds
+its ``threshold``. Scores are comparable within a detector, not across detectors: to compare
+detectors fairly, calibrate each threshold to the same false-alarm rate on unperturbed runs
+with :func:`calibrate_threshold`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class Detector(abc.ABC):
+    """A streaming detector: ``update(value) -> score``; alarm when ``score > threshold``."""
+
+    def __init__(self, threshold: float) -> None:
+        if math.isnan(threshold):
+            raise ValueError("threshold must be a number")
+        self.threshold = float(threshold)
+        self.reset()
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the stream (call at the start of every run)."""
+
+    @abc.abstractmethod
+    def update(self, value: float) -> float:
+        """Take the next value; return the score (``inf`` for a non-finite value)."""
+
+    def alarm(self, score: float) -> bool:
+        return score > self.threshold
+
+    def scores(self, values: Iterable[float]) -> np.ndarray:
+        """Scores of a whole series, from a fresh state."""
+        self.reset()
+        return np.array([self.update(v) for v in values])
+
+
+class LossSpike(Detector):
+    """Relative departure of the loss above its running mean (Lightning's spike detection)::
+
+        score_t = (loss_t - mean(loss_{t-w..t-1})) / |mean(loss_{t-w..t-1})|
+
+    Args:
+        threshold: Relative tolerance (0.5: alarm when the loss is 50 % above its running mean).
+        window: Previous values in the running mean; the score is 0 until it is full.
+    """
+
+    def __init__(self, threshold: float = 0.5, window: int = 10) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        super().__init__(threshold)
+
+    def reset(self) -> None:
+        self._recent: deque[float] = deque(maxlen=self.window)
+
+    def update(self, value: float) -> float:
+        if not math.isfinite(value):
+            return math.inf
+        score = 0.0
+        if len(self._recent) == self.window:
+            mean = sum(self._recent) / self.window
+            score = (value - mean) / max(abs(mean), 1e-12)
+        self._recent.append(value)
+        return score
+
+
+class _EmaZ(Detector):
+    """EMA mean/variance bookkeeping for z-score detectors (elementwise for vectors).
+
+    The first ``warmup`` values set the mean and variance (score 0 meanwhile); afterwards each
+    value is scored against the EMAs *before* it, then absorbed with factor ``alpha``.
+    """
+
+    def __init__(self, threshold: float, alpha: float, warmup: int) -> None:
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if warmup < 2:
+            raise ValueError(f"warmup must be >= 2, got {warmup}")
+        self.alpha, self.warmup = alpha, warmup
+        super().__init__(threshold)
+
+    def reset(self) -> None:
+        self._seen: list[np.ndarray] = []
+        self._mean = self._var = np.zeros(())
+
+    def _z(self, value: np.ndarray) -> np.ndarray | None:
+        if len(self._seen) < self.warmup:
+            self._seen.append(value)
+            if len(self._seen) == self.warmup:
+                self._mean, self._var = np.mean(self._seen, axis=0), np.var(self._seen, axis=0)
+            return None
+        z = (value - self._mean) / np.sqrt(np.maximum(self._var, 1e-24))
+        self._absorb(self._absorbed(value))
+        return z
+
+    def _absorbed(self, value: np.ndarray) -> np.ndarray:
+        """The value folded into the EMAs (subclasses may limit outliers)."""
+        return value
+
+    def _absorb(self, value: np.ndarray) -> None:
+        delta = value - self._mean
+        self._mean = self._mean + (1 - self.alpha) * delta
+        self._var = self.alpha * (self._var + (1 - self.alpha) * delta * delta)
+
+
+class GradNormZScore(_EmaZ):
+    """z-score of the gradient norm against its EMA mean and variance (as in ZClip)::
+
+        z_t = (g_t - mu_{t-1}) / sigma_{t-1},   mu, sigma^2: EMAs with factor ``alpha``
+
+    A spike is folded into the EMAs clipped to ``mu + clip_z * sigma`` (ZClip's update), so one
+    outlier does not blind the detector to the next.
+    """
+
+    def __init__(
+        self, threshold: float = 3.0, alpha: float = 0.97, warmup: int = 10, clip_z: float = 3.0
+    ) -> None:
+        self.clip_z = clip_z
+        super().__init__(threshold, alpha, warmup)
+
+    def update(self, value: float) -> float:
+        if not math.isfinite(value):
+            return math.inf
+        z = self._z(np.float64(value))
+        return 0.0 if z is None else float(z)
+
+    def _absorbed(self, value: np.ndarray) -> np.ndarray:
+        return np.minimum(value, self._mean + self.clip_z * np.sqrt(self._var))
+
+
+class Cusum(_EmaZ):
+    """One-sided CUSUM on the standardised loss::
+
+        S_t = max(0, S_{t-1} + z_t - drift),  z_t = (loss_t - mu_{t-1}) / sigma_{t-1}
+
+    with ``mu``, ``sigma`` EMAs of the loss. Alarms when ``S_t > threshold``: a sustained rise
+    alarms even if no single step is a spike.
+    """
+
+    def __init__(
+        self, threshold: float = 8.0, drift: float = 0.5, alpha: float = 0.97, warmup: int = 10
+    ) -> None:
+        self.drift = drift
+        super().__init__(threshold, alpha, warmup)
+
+    def reset(self) -> None:
+        super().reset()
+        self._sum = 0.0
+
+    def update(self, value: float) -> float:
+        if not math.isfinite(value):
+            return math.inf
+        z = self._z(np.float64(value))
+        if z is not None:
+            self._sum = max(0.0, self._sum + float(z) - self.drift)
+        return self._sum
+
+
+class SelfDeviation(_EmaZ):
+    """Distance of the meta-state from the run's own recent history (no reference runs)::
+
+        score_t = || (z_t - mu_{t-1}) / sigma_{t-1} ||_2 / sqrt(d)
+
+    with ``mu``, ``sigma^2`` per-dimension EMAs of the latent ``z`` (a diagonal Mahalanobis
+    distance, normalised by the dimension ``d``). ``update`` takes the latent vector.
+    """
+
+    def __init__(self, threshold: float = 3.0, alpha: float = 0.9, warmup: int = 10) -> None:
+        super().__init__(threshold, alpha, warmup)
+
+    def update(self, value: float | np.ndarray) -> float:  # type: ignore[override]
+        latent = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if not np.isfinite(latent).all():
+            return math.inf
+        z = self._z(latent)
+        return 0.0 if z is None else float(np.linalg.norm(z) / math.sqrt(latent.size))
+
+
+def calibrate_threshold(
+    detector: Detector, reference_runs: Iterable[Iterable[float]], false_alarm_rate: float
+) -> float:
+    """Set ``detector.threshold`` so that a share ``false_alarm_rate`` of the steps of
+    unperturbed ``reference_runs`` would alarm (the score quantile); return it."""
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
+    scores = np.concatenate([detector.scores(run) for run in reference_runs])
+    detector.threshold = float(np.quantile(scores[np.isfinite(scores)], 1 - false_alarm_rate))
+    return detector.threshold
