@@ -17,7 +17,7 @@ from trainenv.core.collapse import CollapseRule, CollapseState
 from trainenv.core.interventions import ROLLBACK_EVENT, Intervention
 from trainenv.core.metastate import MetaStateEncoder, squash, symlog
 from trainenv.core.reward import RewardSpec
-from trainenv.trainers.base import Trainer
+from trainenv.trainers.base import Trainer, check_positive_int
 
 ActionMode = Literal["discrete", "continuous"]
 ObservationMode = Literal["metastate", "telemetry"]
@@ -81,8 +81,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     ) -> None:
         for name, value in (("k", k), ("max_steps", max_steps), ("levels", levels),
                             ("checkpoint_every", checkpoint_every)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         self.trainer = trainer
         self.k, self.max_steps, self.checkpoint_every = int(k), int(max_steps), checkpoint_every
         self.collapse_rule = collapse or CollapseRule()
@@ -216,6 +215,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             "telemetry": {c.name: float(v) for c, v in zip(self.trainer.channels, last)},
             "updates": self.trainer.updates,
             "collapse": collapse,
+            **self.trainer.info(),
         }
 
 

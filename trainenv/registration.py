@@ -9,7 +9,9 @@ from __future__ import annotations
 import gymnasium as gym
 
 ENTRY_POINTS = {
+    "trainenv/CartPole-PPO-v0": "trainenv.envs:make_cartpole_ppo",
     "trainenv/Digits-MLP-v0": "trainenv.envs:make_digits_mlp",
+    "trainenv/TinyLM-v0": "trainenv.envs:make_tiny_lm",
 }
 
 

@@ -47,3 +47,6 @@ INPUT_NOISE = KnobSpec(
 INPUT_SHIFT = KnobSpec(
     "input_shift", 0.0, 0.0, 1e3, "constant offset on inputs, in units of input std"
 )
+LABEL_NOISE = KnobSpec(
+    "label_noise", 0.0, 0.0, 1.0, "fraction of labels (classes or target tokens) replaced at random"
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,8 +62,7 @@ class Trainer(abc.ABC):
 
     def advance(self, k: int) -> Telemetry:
         """Run ``k`` updates and return their telemetry (stops early if the run diverges)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        check_positive_int("k", k)
         with self._active():
             telemetry = self._advance(int(k))
         self.updates += len(telemetry.values)
@@ -111,6 +111,10 @@ class Trainer(abc.ABC):
             raise ValueError(f"{type(self).__name__} has no event {name!r}; events: {self.events}")
         with self._active():
             self._apply_event(name, float(magnitude))
+
+    def info(self) -> dict[str, float]:
+        """Extra per-step facts for the env's ``info`` (e.g. perplexity); cheap, no training."""
+        return {}
 
     def perturbation_rng(self, name: str) -> np.random.Generator:
         """The generator of one intervention's noise, separate from training randomness."""
@@ -178,8 +182,17 @@ def clone_tree(tree: Any) -> Any:
 
 
 def clip_and_measure(params: list[torch.Tensor], max_norm: float) -> float:
-    """Clip the global gradient norm to ``max_norm`` (a no-op at inf); return the norm before."""
+    """Clip the global gradient norm to ``max_norm`` (none at inf); return the norm before."""
+    if math.isinf(max_norm):  # clip_grad_norm_ would still multiply every gradient by 1
+        grads = [p.grad for p in params if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+
+
+def check_positive_int(name: str, value: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def add_weight_noise(params: Iterable[torch.Tensor], rel_std: float, rng: torch.Generator) -> None:

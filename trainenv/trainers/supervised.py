@@ -21,6 +21,7 @@ from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
     add_weight_noise,
+    check_positive_int,
     clip_and_measure,
     clone_tree,
     rescale_weights,
@@ -28,7 +29,6 @@ from trainenv.trainers.base import (
     shrink_optimizer_state,
 )
 
-LABEL_NOISE = KnobSpec("label_noise", 0.0, 0.0, 1.0, "fraction of labels replaced at random")
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
 )
@@ -58,7 +58,7 @@ class SupervisedTrainer(Trainer):
     )
     knob_specs = (
         K.LR_SCALE, K.LR_BACKOFF, K.GRAD_CLIP, K.BATCH_SHRINK, K.INPUT_NOISE, K.INPUT_SHIFT,
-        LABEL_NOISE, GRAD_NOISE,
+        K.LABEL_NOISE, GRAD_NOISE,
     )  # fmt: skip
     events = ("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset")
     performance_range = (0.1, 1.0)
@@ -72,8 +72,8 @@ class SupervisedTrainer(Trainer):
         eval_every: int = 10,
         val_fraction: float = 0.2,
     ) -> None:
-        _check_positive("batch_size", batch_size)
-        _check_positive("eval_every", eval_every)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("eval_every", eval_every)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not 0 < val_fraction < 1:
@@ -238,8 +238,3 @@ class _DigitsData:
         self.y_val = torch.as_tensor(y_va, dtype=torch.long)
         self.dim = self.x_train.shape[1]
         self.n_classes = int(y.max()) + 1
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
