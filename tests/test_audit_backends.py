@@ -1,0 +1,76 @@
+"""Backends: local processes and Ray give the same metrics as the serial run, seed for seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from trainenv.audit.backends import make_backend
+from trainenv.audit.runner import run_audit
+from trainenv.audit.store import ResultStore
+
+from .test_audit_runner import tiny_plan
+
+COLUMNS = [
+    "kind",
+    "intervention",
+    "magnitude",
+    "seed",
+    "drawdown",
+    "recovery_time",
+    "collapsed",
+    "area",
+    "final_gap",
+    "collapse_reason",
+    "applied_magnitude",
+]
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> ResultStore:
+    return run_audit(tiny_plan(), tmp_path_factory.mktemp("serial"), progress=False)
+
+
+def assert_same_results(store: ResultStore, reference: ResultStore) -> None:
+    runs = store.runs().set_index("run_id").sort_index()
+    expected = reference.runs().set_index("run_id").sort_index()
+    pd.testing.assert_frame_equal(runs[COLUMNS], expected[COLUMNS])
+    steps = store.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
+    expected_steps = reference.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        steps.drop(columns="observation"), expected_steps.drop(columns="observation")
+    )
+
+
+@pytest.mark.slow
+def test_local_processes_match_serial(serial: ResultStore, tmp_path: Path) -> None:
+    store = run_audit(tiny_plan(), tmp_path, backend="process", workers=2, progress=False)
+    assert_same_results(store, serial)
+
+
+@pytest.mark.slow
+def test_ray_matches_local_processes(serial: ResultStore, tmp_path: Path) -> None:
+    store = run_audit(tiny_plan(), tmp_path, backend="ray", workers=2, progress=False)
+    assert_same_results(store, serial)
+
+
+def test_unknown_backend_and_bad_worker_counts_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"backend must be one of \['serial', 'process', 'ray'\]"):
+        make_backend("slurm", 2)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        make_backend("process", 0)
+
+
+def test_serial_backend_restores_the_callers_thread_count() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with make_backend("serial", 1) as backend:
+            assert list(backend.map_unordered(lambda _: torch.get_num_threads(), [0, 1])) == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

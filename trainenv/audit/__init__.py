@@ -1,0 +1,41 @@
+"""Perturbation audits: paired runs, stability metrics, resumable results and reports.
+
+::
+
+    from trainenv.audit import AuditPlan, run_audit, write_report
+
+    plan = AuditPlan.from_yaml("examples/plans/digits_quick.yaml")
+    store = run_audit(plan, "results/digits")  # resumes whatever results/digits holds
+    report, summary = write_report("results/digits")
+
+Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (paired runs),
+:mod:`~trainenv.audit.backends` (serial, local processes, Ray), :mod:`~trainenv.audit.store`
+(Parquet results), :mod:`~trainenv.audit.metrics` (stability metrics),
+:mod:`~trainenv.audit.report` (summary tables, Markdown and figures). Names load on first use,
+so ``import trainenv.audit`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AuditPlan": "trainenv.audit.plan",
+    "InterventionGrid": "trainenv.audit.plan",
+    "Recipe": "trainenv.audit.plan",
+    "Stabilizer": "trainenv.audit.plan",
+    "default_plan": "trainenv.audit.plan",
+    "run_audit": "trainenv.audit.runner",
+    "ResultStore": "trainenv.audit.store",
+    "summarize": "trainenv.audit.report",
+    "format_summary": "trainenv.audit.report",
+    "write_report": "trainenv.audit.report",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainenv.audit' has no attribute {name!r}")

@@ -1,0 +1,147 @@
+"""The ``trainenv`` command.
+
+::
+
+    trainenv audit [PLAN] --out DIR [--backend serial|process|ray] [--workers N] [--address A]
+    trainenv report DIR
+    trainenv list
+
+``audit`` without a plan audits ``trainenv/CartPole-PPO-v0`` across the four dimensions.
+Rerunning an audit with the same ``--out`` resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainenv.audit.backends import BACKENDS
+
+if TYPE_CHECKING:
+    from trainenv.core.interventions import Intervention
+    from trainenv.env import TrainEnv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.command(args) or 0)
+    except ValueError as error:  # a bad plan or option: the user's to fix, no traceback
+        print(f"trainenv {args.name}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainenv",
+        description="Stability audits of training recipes run as Gymnasium environments.",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    audit = sub.add_parser("audit", help="run a perturbation audit (resumable)")
+    audit.add_argument(
+        "plan",
+        nargs="?",
+        type=Path,
+        help="YAML plan (default: CartPole-PPO-v0 across the four dimensions)",
+    )
+    audit.add_argument(
+        "--out",
+        type=Path,
+        default=Path("audit-results"),
+        help="output directory (default: ./audit-results)",
+    )
+    audit.add_argument("--backend", choices=BACKENDS, help="overrides the plan's (default process)")
+    audit.add_argument("--workers", type=int, help="parallel workers (default: the CPU count)")
+    audit.add_argument("--address", help="Ray cluster address (with --backend ray)")
+    audit.add_argument("--no-report", action="store_true", help="skip report.md and figures")
+    audit.set_defaults(command=_audit, name="audit")
+
+    report = sub.add_parser("report", help="write report.md and figures for a results directory")
+    report.add_argument("dir", type=Path)
+    report.set_defaults(command=_report, name="report")
+
+    listing = sub.add_parser("list", help="environments and their interventions, per trainer")
+    listing.set_defaults(command=_list, name="list")
+    return parser
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from trainenv.audit.plan import AuditPlan, default_plan
+    from trainenv.audit.report import format_summary, summarize, write_report
+    from trainenv.audit.runner import run_audit
+
+    plan = AuditPlan.from_yaml(args.plan) if args.plan else default_plan()
+    store = run_audit(
+        plan, args.out, backend=args.backend, workers=args.workers, address=args.address
+    )
+    if args.no_report:
+        summary = summarize(store.runs())
+    else:
+        report, summary = write_report(args.out)
+        print(f"report: {report}")
+    print(format_summary(summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainenv.audit.report import format_summary, write_report
+
+    if not (args.dir / "runs").is_dir():
+        raise ValueError(f"{args.dir} holds no audit results (no runs/ directory)")
+    report, summary = write_report(args.dir)
+    print(f"report: {report}")
+    print(format_summary(summary))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    from trainenv import ENV_IDS
+    from trainenv.audit.report import format_table
+
+    by_trainer: dict[str, list[str]] = {}
+    supported: dict[str, tuple[Intervention, ...]] = {}
+    for env_id in ENV_IDS:
+        try:
+            env: TrainEnv = gym.make(env_id, observation="telemetry").unwrapped  # type: ignore[assignment]
+        except Exception as error:  # e.g. an optional extra missing: list the rest anyway
+            print(f"{env_id}: unavailable ({type(error).__name__}: {error})\n")
+            continue
+        trainer = type(env.trainer).__name__
+        by_trainer.setdefault(trainer, []).append(env_id)
+        supported[trainer] = env.action_spec.interventions
+    for trainer, env_ids in by_trainer.items():
+        print(f"{trainer}: {', '.join(env_ids)}")
+        rows = [
+            [
+                i.name,
+                i.dimension.value,
+                i.role.value,
+                _range(i),
+                i.knob or f"event {i.event}",
+                str(i.duration),
+                i.description,
+            ]
+            for i in supported[trainer]
+        ]
+        headers = ["intervention", "dimension", "role", "range", "acts on", "steps", "magnitude"]
+        print(format_table(headers, rows, markdown=False))
+        print()
+    return 0
+
+
+def _range(intervention: Intervention) -> str:
+    if intervention.low == intervention.high:
+        return f"{intervention.low:g}"
+    scale = "log" if intervention.log_scale else "lin"
+    return f"[{intervention.low:g}, {intervention.high:g}] {scale}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
