@@ -84,5 +84,8 @@ def make_cartpole_ppo(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs
     kwargs = {"n_envs": CARTPOLE_PPO_N_ENVS, **(trainer_kwargs or {})}
     kwargs["algo_kwargs"] = {**CARTPOLE_PPO_RECIPE, **kwargs.get("algo_kwargs", {})}
     trainer = SB3Trainer("PPO", "CartPole-v1", **kwargs)
-    defaults = {"k": 1, "max_steps": 100, "collapse": CollapseRule(drop=0.5, patience=10)}
+    # Unperturbed PPO runs fall to 26-50 % of their best return for up to 9 updates (measured
+    # on 9 seeds, 100 updates each), so a collapse is a stay below 20 % for 10 updates.
+    collapse = CollapseRule(drop=0.8, patience=10)
+    defaults = {"k": 1, "max_steps": 100, "collapse": collapse}
     return _make("trainenv/CartPole-PPO-v0", trainer, defaults, env_kwargs)

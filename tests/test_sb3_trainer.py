@@ -1,0 +1,283 @@
+"""SB3Trainer: algorithms, determinism, forks, interventions, divergence, and CartPole-PPO-v0."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.logger import Logger
+
+import trainenv  # noqa: F401  (registers the environments)
+from trainenv.core import interventions as registry
+from trainenv.core.interventions import Intervention
+from trainenv.env import TrainEnv
+from trainenv.trainers.sb3 import SB3Trainer
+
+from .helpers import assert_same, rollout
+
+TINY_NET = {"net_arch": [16, 16]}
+TINY: dict[str, dict[str, Any]] = {
+    "PPO": {"algo_kwargs": {"n_steps": 32, "batch_size": 16, "n_epochs": 2,
+                            "policy_kwargs": TINY_NET}},
+    "A2C": {"algo_kwargs": {"n_steps": 8, "policy_kwargs": TINY_NET}},
+    "DQN": {"algo_kwargs": {"learning_starts": 0, "buffer_size": 500, "batch_size": 16,
+                            "target_update_interval": 10, "policy_kwargs": TINY_NET},
+            "steps_per_update": 16},
+    "SAC": {"env_id": "Pendulum-v1", "performance_range": (-1700.0, 0.0),
+            "algo_kwargs": {"learning_starts": 0, "buffer_size": 500, "batch_size": 16,
+                            "policy_kwargs": TINY_NET},
+            "steps_per_update": 8},
+}  # fmt: skip
+
+
+def tiny(algo: str = "PPO", seed: int | None = 0) -> SB3Trainer:
+    trainer = SB3Trainer(algo, **TINY[algo])
+    if seed is not None:
+        trainer.reset(seed)
+    return trainer
+
+
+def cartpole(**kwargs: Any) -> TrainEnv:
+    return gym.make("trainenv/CartPole-PPO-v0", **{"max_steps": 4, **kwargs}).unwrapped
+
+
+@pytest.mark.parametrize("algo", list(TINY))
+def test_each_algorithm_advances_with_finite_telemetry(algo: str) -> None:
+    trainer = tiny(algo)
+    telemetry = trainer.advance(3)
+    names = [c.name for c in trainer.channels]
+    assert telemetry.values.shape == (3, len(names)) and not telemetry.diverged
+    assert np.isfinite(telemetry.values).all()
+    last = dict(zip(names, telemetry.last()))
+    assert last["grad_norm"] > 0 and last["weight_norm"] > 0 and last["update_ratio"] > 0
+    assert last["lr"] == pytest.approx(trainer.model.learning_rate)
+    assert trainer.updates == 3 and trainer.model.num_timesteps == 3 * trainer.steps_per_update
+    floor, ceiling = trainer.performance_range
+    assert floor <= trainer.evaluate() <= ceiling
+
+
+def test_unperturbed_run_matches_plain_sb3_bit_for_bit() -> None:
+    """The trainer's own clipping hook, logger, lr wrapper and env view change nothing."""
+    trainer = tiny(seed=5)
+    trainer.advance(3)
+    plain = PPO("MlpPolicy", "CartPole-v1", seed=5, device="cpu", **TINY["PPO"]["algo_kwargs"])
+    plain.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-* folder in /tmp
+    plain.learn(3 * trainer.steps_per_update)
+    for ours, theirs in zip(trainer.model.policy.parameters(), plain.policy.parameters()):
+        assert torch.equal(ours, theirs)
+
+
+def test_channels_and_knobs_follow_the_algorithm() -> None:
+    ppo, dqn, sac = (SB3Trainer(a, **TINY[a]) for a in ("PPO", "DQN", "SAC"))
+    assert {"approx_kl", "clip_fraction", "explained_variance"} <= {c.name for c in ppo.channels}
+    assert [c.name for c in dqn.channels][0] == "loss"
+    assert {"actor_loss", "critic_loss", "ent_coef"} <= {c.name for c in sac.channels}
+    assert ppo.knobs["grad_clip"] == 0.5 and dqn.knobs["grad_clip"] == 10.0  # SB3 defaults
+    assert sac.knobs["grad_clip"] == float("inf")
+    assert "ent_coef" in ppo.knobs and "ent_coef" not in sac.knobs  # SAC's is "auto"
+    assert "batch_shrink" not in SB3Trainer("A2C", **TINY["A2C"]).knobs  # no batch size
+
+
+def test_same_seed_gives_bit_identical_telemetry_and_another_seed_differs() -> None:
+    a, b, c = tiny(seed=7).advance(4), tiny(seed=7).advance(4), tiny(seed=8).advance(4)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.array_equal(a.values, c.values)
+
+
+@pytest.mark.parametrize("algo", list(TINY))
+def test_fork_and_snapshot_restore_reproduce_the_continuation(algo: str) -> None:
+    trainer = tiny(algo, seed=3)
+    trainer.advance(2)
+    fork, snapshot = trainer.fork(), trainer.snapshot()
+    original = trainer.advance(3).values
+    np.testing.assert_array_equal(fork.advance(3).values, original)
+    trainer.restore(snapshot)
+    np.testing.assert_array_equal(trainer.advance(3).values, original)
+    trainer.restore(snapshot)  # the snapshot stays valid
+    np.testing.assert_array_equal(trainer.advance(3).values, original)
+
+
+def test_two_trainers_advanced_alternately_match_each_alone() -> None:
+    alone_a = tiny(seed=1).advance(4).values
+    alone_b = tiny("DQN", seed=2).advance(4).values
+    a, b = tiny(seed=1), tiny("DQN", seed=2)
+    rows_a, rows_b = [], []
+    for _ in range(4):
+        rows_a.append(a.advance(1).values)
+        torch.rand(3), np.random.rand(3)  # noqa: NPY002  (other work on the global generators)
+        rows_b.append(b.advance(1).values)
+    np.testing.assert_array_equal(np.concatenate(rows_a), alone_a)
+    np.testing.assert_array_equal(np.concatenate(rows_b), alone_b)
+
+
+def test_an_instance_restarts_from_its_weights_and_is_left_untouched() -> None:
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=16, n_epochs=1,
+                policy_kwargs=TINY_NET, device="cpu", seed=0)  # fmt: skip
+    weights = [p.detach().clone() for p in model.policy.parameters()]
+    trainer = SB3Trainer(model)
+    trainer.reset(1)
+    assert all(torch.equal(p, w) for p, w in zip(trainer.model.policy.parameters(), weights))
+    first = trainer.advance(2).values
+    trainer.reset(1)
+    np.testing.assert_array_equal(trainer.advance(2).values, first)
+    trainer.reset(2)
+    assert not np.array_equal(trainer.advance(2).values, first)
+    assert all(torch.equal(p, w) for p, w in zip(model.policy.parameters(), weights))
+    assert model.max_grad_norm == 0.5 and model.num_timesteps == 0
+
+
+def test_no_log_folders_are_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3 would create SB3-*
+    monkeypatch.chdir(tmp_path)
+    tiny().advance(2)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- interventions ---------------------------------------------------------------------------
+SUPPORTED = registry.supported(tiny(seed=None).targets)
+
+
+def test_the_ppo_trainer_supports_all_four_dimensions_and_its_stabilizers() -> None:
+    names = {i.name for i in SUPPORTED}
+    assert {"lr_shock", "optimizer_reset", "batch_shrink", "input_noise", "input_shift",
+            "weight_noise", "weight_rescale", "layer_reset", "reward_noise", "reward_scale",
+            "reward_flip", "grad_clip", "lr_backoff", "entropy_bonus"} <= names  # fmt: skip
+    assert "label_noise" not in names
+
+
+def strongest(intervention: Intervention) -> float:
+    return (
+        intervention.low if intervention.name in ("grad_clip", "lr_backoff") else intervention.high
+    )
+
+
+@pytest.mark.parametrize("intervention", SUPPORTED, ids=lambda i: i.name)
+def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
+    env = TrainEnv(tiny(seed=None), observation="telemetry", action_mode="continuous")
+    env.reset(seed=1)
+    env.step(env.action_spec.encode({}))
+    twin = env.fork()
+    magnitude = strongest(intervention)
+    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
+    twin_info = twin.step(env.action_spec.encode({}))[4]
+    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
+    if intervention.knob:
+        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
+        assert env.trainer.knobs[intervention.knob] == info["knobs"][intervention.knob]
+        default = env.trainer.knob_spec(intervention.knob).default
+        assert twin_info["knobs"][intervention.knob] == default
+    assert info["telemetry"] != twin_info["telemetry"]
+
+
+@pytest.mark.parametrize("knob", ["reward_noise", "reward_scale", "reward_flip"])
+def test_reward_perturbations_reach_the_learner_but_not_the_true_return(knob: str) -> None:
+    trainer = tiny()
+    trainer.advance(2)
+    twin = trainer.fork()
+    trainer.set_knob(knob, {"reward_noise": 10.0, "reward_scale": 100.0, "reward_flip": 1.0}[knob])
+    names = [c.name for c in trainer.channels]
+    row = dict(zip(names, trainer.advance(1).last()))
+    twin_row = dict(zip(names, twin.advance(1).last()))
+    # The rollout precedes the update: same actions, so the same true episode returns.
+    assert row["episode_return"] == twin_row["episode_return"]
+    assert row["value_loss"] != twin_row["value_loss"]
+
+
+# -- divergence ------------------------------------------------------------------------------
+def test_non_finite_training_ends_the_episode_with_the_penalty() -> None:
+    env = cartpole(observation="telemetry")
+    env.reset(seed=0)
+    env.trainer.apply_event("weight_rescale", 1e30)  # beyond any menu: outputs overflow
+    obs, reward, terminated, truncated, info = env.step(0)
+    assert terminated and not truncated and info["collapse"] == "non-finite"
+    assert reward == -env.reward_spec.collapse_penalty
+    assert np.isfinite(obs).all() and env.observation_space.contains(obs)
+
+
+def test_finite_weights_whose_outputs_overflow_count_as_divergence() -> None:
+    trainer = tiny()
+    with torch.no_grad():  # finite (float32 max ~3.4e38) but the logits overflow to inf
+        trainer.model.policy.action_net.weight.fill_(3e38)
+    telemetry = trainer.advance(3)
+    assert telemetry.diverged and len(telemetry.values) == 1
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.policy.parameters())
+
+
+def test_errors_that_are_not_divergence_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = tiny()
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug, not a divergence")
+
+    monkeypatch.setattr(trainer.model, "learn", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        trainer.advance(1)
+
+
+@pytest.mark.slow
+def test_a_large_lr_shock_collapses_cartpole_ppo_without_an_exception() -> None:
+    env = cartpole(max_steps=100, observation="telemetry", action_mode="continuous")
+    env.reset(seed=0)
+    for _ in range(30):  # learn first: the performance rule arms at p >= 0.2
+        *_, terminated, _, info = env.step(env.action_spec.encode({}))
+        assert not terminated
+    assert info["best_p"] >= env.collapse_rule.arm_at
+    shock = env.action_spec.encode({"lr_shock": registry.get("lr_shock").high})
+    for _ in range(40):
+        obs, reward, terminated, truncated, info = env.step(shock)
+        if terminated or truncated:
+            break
+    assert terminated and info["collapse"] in ("performance", "non-finite")
+    assert reward == -env.reward_spec.collapse_penalty and np.isfinite(obs).all()
+
+
+# -- the registered environment ---------------------------------------------------------------
+# The checkers reset and step dozens of times: a smaller inner recipe keeps them quick, and the
+# environment's interface (spaces, channels, encoder) is the same.
+SMALL_RECIPE = {"n_envs": 1, "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}
+
+
+@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
+def test_gymnasium_and_sb3_checkers_pass_on_cartpole_ppo(action_mode: str) -> None:
+    env = cartpole(action_mode=action_mode, max_steps=2, trainer_kwargs=SMALL_RECIPE)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_cartpole_ppo_same_seed_same_trajectory_and_forks_continue_it() -> None:
+    actions = [0, 3, 0, 0]
+    assert_same(rollout(cartpole(), actions, seed=4), rollout(cartpole(), actions, seed=4))
+    env = cartpole(max_steps=6)
+    rollout(env, [0, 0], seed=5)
+    fork = env.fork()
+    assert_same(rollout(env, actions), rollout(fork, actions))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"algo": "PPO2"}, "algo must be one of"),
+        ({"algo": 3}, "algo must be one of"),
+        ({"algo_kwargs": {"n_stepz": 3}}, "unknown keys \\['n_stepz'\\]"),
+        ({"algo_kwargs": {"seed": 3}}, "must not set \\['seed'\\]"),
+        ({"env_id": "NoSuchEnv-v0"}, "env_id 'NoSuchEnv-v0'"),
+        ({"env_id": "Pendulum-v1", "algo": "SAC"}, "performance_range is required"),
+        ({"performance_range": (1.0, 1.0)}, "performance_range must be"),
+        ({"perf_episodes": 0}, "perf_episodes must be an integer in \\[1, 100\\]"),
+        ({"steps_per_update": 0}, "steps_per_update must be"),
+        ({"obs_scale": (1.0, 2.0)}, "obs_scale must be one number or match"),
+        ({"obs_scale": -1.0}, "obs_scale must be positive"),
+    ],
+)
+def test_bad_configuration_raises_a_value_error_naming_the_field(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        SB3Trainer(**kwargs)
