@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import trainenv
 
 
@@ -22,6 +24,7 @@ def test_import_registers_specs_without_loading_torch_or_building_anything() -> 
     assert out == "False False True"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~5-10 s
 def test_gymnasium_module_prefix_imports_trainenv_itself() -> None:
     out = run_python(
         "import gymnasium as gym; env = gym.make('trainenv:trainenv/Digits-MLP-v0', max_steps=2);"
