@@ -32,6 +32,7 @@ def test_gymnasium_and_sb3_checkers_pass(action_mode: str, observation: str) -> 
 
 def test_make_through_gymnasium_applies_wrappers_and_runs() -> None:
     env = gym.make("trainenv/Digits-MLP-v0", max_steps=3)
+    env.action_space.seed(0)
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert set(info) >= {"performance", "p", "knobs", "telemetry", "collapse"}
@@ -42,7 +43,8 @@ def test_make_through_gymnasium_applies_wrappers_and_runs() -> None:
         assert isinstance(reward, float) and env.observation_space.contains(obs)
         if terminated or truncated:
             break
-    assert steps <= 3 and (terminated or info["updates"] == 3 * env.unwrapped.k)
+    # a rollback among the random actions rewinds the update count, so only a bound holds
+    assert steps <= 3 and 0 < info["updates"] <= 3 * env.unwrapped.k
 
 
 def test_same_seed_and_actions_give_bit_identical_trajectories() -> None:

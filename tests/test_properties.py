@@ -13,7 +13,9 @@ from trainenv.env import TrainEnv
 
 from .helpers import assert_same, rollout
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def make(action_mode: str) -> TrainEnv:
