@@ -1,18 +1,21 @@
-"""Fitting the meta-state encoder on unperturbed reference runs.
+"""Fitting the meta-state encoder and its reference band on unperturbed reference runs.
 
-``python -m trainenv.calibration ENV_ID [--seeds N]`` refits the encoder shipped for a
-registered environment; :func:`calibrate` does the same for a user's own ``TrainEnv``.
+``trainenv calibrate ENV_ID [--seeds N]`` (or ``python -m trainenv.calibration``) refits the
+encoder shipped for a registered environment; :func:`calibrate` does the same for a user's own
+``TrainEnv``. The encoder carries the reference band of the latent trajectory
+(:class:`~trainenv.core.band.ReferenceBand`), from which the env computes ``info["deviation"]``.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
+from trainenv.core.band import ReferenceBand
 from trainenv.core.metastate import MetaStateEncoder, window_features
 from trainenv.env import TrainEnv
 
@@ -25,55 +28,86 @@ def encoder_path(env_id: str) -> Path:
     return ENCODER_DIR / f"{env_id.split('/')[-1]}.npz"
 
 
-def reference_features(env: TrainEnv, seeds: int, window: int) -> np.ndarray:
-    """Window features after every step of ``seeds`` unperturbed runs, shape ``(n, 3 * C)``."""
-    trainer, features = env.trainer, []
+def reference_runs(env: TrainEnv, seeds: int, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per unperturbed run: window features after every step, shape ``(T, 3 * C)``, and the
+    update count at each step, shape ``(T,)`` (``T = max_steps`` unless the run diverged)."""
+    trainer, runs = env.trainer, []
     for i in range(seeds):
         trainer.reset(REFERENCE_SEED_BASE + i)
         rows = np.zeros((0, len(trainer.channels)))
+        features, updates = [], []
         for _ in range(env.max_steps):
             telemetry = trainer.advance(env.k)
             rows = np.concatenate([rows, telemetry.values])[-window:]
             features.append(window_features(rows))
+            updates.append(trainer.updates)
             if telemetry.diverged:
                 break
-    return np.asarray(features)
+        runs.append((np.asarray(features), np.asarray(updates)))
+    return runs
+
+
+def reference_features(env: TrainEnv, seeds: int, window: int) -> np.ndarray:
+    """Window features after every step of ``seeds`` unperturbed runs, shape ``(n, 3 * C)``."""
+    return np.concatenate([features for features, _ in reference_runs(env, seeds, window)])
 
 
 def calibrate(
-    env: TrainEnv | str, seeds: int = 4, window: int = 16, **encoder_kwargs: float
+    env: TrainEnv | str,
+    seeds: int = 8,
+    window: int = 16,
+    radius: int = 2,
+    **encoder_kwargs: float,
 ) -> MetaStateEncoder:
-    """Fit a meta-state encoder for ``env`` (a ``TrainEnv`` or a registered id).
+    """Fit a meta-state encoder and its reference band for ``env`` (a ``TrainEnv`` or a
+    registered id).
 
     Runs ``seeds`` unperturbed episodes of the env's trainer, ``k`` updates per step for
-    ``max_steps`` steps, and fits scaler + PCA on the telemetry-window features.
+    ``max_steps`` steps, fits scaler + PCA on the telemetry-window features, then the band of
+    the runs' latents per step (``radius``: neighbouring steps pooled into each step's
+    covariance; see :class:`~trainenv.core.band.ReferenceBand`). With one seed there is no
+    spread to measure: the encoder has no band (``band_`` is ``None``).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
     if isinstance(env, str):
         env = gym.make(env, observation="telemetry").unwrapped  # type: ignore[assignment]
     assert isinstance(env, TrainEnv)
     channels = [c.name for c in env.trainer.channels]
     encoder = MetaStateEncoder(channels, window=window, **encoder_kwargs)  # type: ignore[arg-type]
-    return encoder.fit(reference_features(env, seeds, window))
+    runs = reference_runs(env, seeds, window)
+    encoder.fit(np.concatenate([features for features, _ in runs]))
+    if seeds >= 2:
+        latents = [(encoder.transform(features), updates) for features, updates in runs]
+        encoder.band_ = ReferenceBand.fit(latents, radius=radius)
+    return encoder
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("env_id", help="registered environment id, e.g. trainenv/Digits-MLP-v0")
-    parser.add_argument("--seeds", type=int, default=4, help="reference runs (default 4)")
-    parser.add_argument("--window", type=int, default=16, help="updates per window (default 16)")
-    parser.add_argument("--out", type=Path, help="output .npz (default: the shipped location)")
-    args = parser.parse_args(argv)
+def write_encoder(
+    env_id: str, seeds: int = 8, window: int = 16, radius: int = 2, out: Path | None = None
+) -> tuple[MetaStateEncoder, Path]:
+    """Calibrate a registered environment and save its encoder with its band, by default
+    where the env loads it (:func:`encoder_path`). Returns the encoder and the path."""
     import trainenv  # noqa: F401  (registers the environments)
 
-    encoder = calibrate(args.env_id, seeds=args.seeds, window=args.window)
-    out = args.out or encoder_path(args.env_id)
+    if env_id not in gym.registry:
+        known = sorted(i for i in gym.registry if i.startswith("trainenv/"))
+        raise ValueError(f"env_id: unknown environment {env_id!r}; known: {known}")
+    encoder = calibrate(env_id, seeds=seeds, window=window, radius=radius)
+    out = out or encoder_path(env_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     encoder.save(out)
-    ratios = np.round(encoder.explained_variance_ratio_, 3).tolist()  # type: ignore[union-attr]
-    print(f"{args.env_id}: {encoder.n_components} components, explained variance {ratios} -> {out}")
+    return encoder, out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainenv.calibration ARGS`` is ``trainenv calibrate ARGS``."""
+    from trainenv.cli import main as cli_main
+
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

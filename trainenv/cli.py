@@ -5,9 +5,12 @@
     trainenv audit [PLAN] --out DIR [--backend serial|process|ray] [--workers N] [--address A]
     trainenv report DIR
     trainenv list
+    trainenv calibrate ENV_ID [--seeds N] [--window W] [--radius R] [--out FILE]
+    trainenv findings [--quick] --out DIR [--workers N]
 
 ``audit`` without a plan audits ``trainenv/CartPole-PPO-v0`` across the four dimensions.
-Rerunning an audit with the same ``--out`` resumes it.
+Rerunning an audit with the same ``--out`` resumes it. ``calibrate`` refits an environment's
+meta-state encoder and reference band; ``findings`` tests the seed paper's three claims.
 """
 
 from __future__ import annotations
@@ -67,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="environments and their interventions, per trainer")
     listing.set_defaults(command=_list, name="list")
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit an environment's meta-state encoder and reference band"
+    )
+    calibrate.add_argument("env_id", help="registered environment id, e.g. trainenv/Digits-MLP-v0")
+    calibrate.add_argument("--seeds", type=int, default=8, help="reference runs (default 8)")
+    calibrate.add_argument("--window", type=int, default=16, help="updates per window (default 16)")
+    calibrate.add_argument(
+        "--radius", type=int, default=2, help="steps pooled each side into a band step (default 2)"
+    )
+    calibrate.add_argument("--out", type=Path, help="output .npz (default: where the env loads it)")
+    calibrate.set_defaults(command=_calibrate, name="calibrate")
+
+    findings = sub.add_parser("findings", help="test the seed paper's three claims; write a report")
+    findings.add_argument("--quick", action="store_true", help="the few-minute version (CI)")
+    findings.add_argument("--out", type=Path, required=True, help="output directory")
+    findings.add_argument("--workers", type=int, default=2, help="parallel workers (default 2)")
+    findings.set_defaults(command=_findings, name="findings")
     return parser
 
 
@@ -133,6 +154,33 @@ def _list(args: argparse.Namespace) -> int:
         headers = ["intervention", "dimension", "role", "range", "acts on", "steps", "magnitude"]
         print(format_table(headers, rows, markdown=False))
         print()
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainenv.calibration import write_encoder
+
+    torch.set_num_threads(1)  # tiny runs: more threads only fight over the cores
+    encoder, out = write_encoder(args.env_id, args.seeds, args.window, args.radius, args.out)
+    ratios = [round(float(r), 3) for r in encoder.explained_variance_ratio_]  # type: ignore[union-attr]
+    band = f", band over {len(encoder.band_)} steps" if encoder.band_ is not None else ""
+    print(f"{args.env_id}: {encoder.n_components} components, explained variance {ratios}{band}")
+    print(f"encoder: {out}")
+    return 0
+
+
+def _findings(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainenv.audit.findings import run_findings
+
+    torch.set_num_threads(1)
+    report, findings = run_findings(args.out, quick=args.quick, workers=args.workers)
+    for claim, (_, verdict) in findings.verdicts().items():
+        print(f"claim {claim}: {verdict}")
+    print(f"report: {report}")
     return 0
 
 

@@ -30,8 +30,10 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     Observation (``observation="metastate"``, default), ``float32`` of shape ``(d + 1,)`` in
     ``[-10, 10]``: the ``d`` meta-state latents of the latest telemetry window (see
     :class:`~trainenv.core.metastate.MetaStateEncoder`), then training progress
-    ``step / max_steps`` in ``[0, 1]``. With ``observation="telemetry"``: the latest telemetry
-    row in squashed symlog units, shape ``(C + 1,)``, no fitting needed.
+    ``step / max_steps`` in ``[0, 1]``. With ``deviation_in_obs=True``, shape ``(d + 3,)``: the
+    two deviation scores below (squashed into ``[0, 10)``) come before the progress. With
+    ``observation="telemetry"``: the latest telemetry row in squashed symlog units, shape
+    ``(C + 1,)``, no fitting needed.
 
     Action: ``action_mode="discrete"`` (default), a menu of no-op plus each intervention at
     ``levels`` magnitudes; ``"continuous"``, a ``Box(-1, 1)`` of per-intervention magnitudes.
@@ -44,8 +46,13 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
 
     ``info`` holds ``performance`` (raw), ``p`` (normalised), ``best_p``, ``knobs`` (in
     force after the step), ``active`` (knob interventions and the steps they have left),
-    ``applied``, ``cost``, ``telemetry`` (latest row by channel), ``updates`` and
-    ``collapse`` (``None``, ``"non-finite"`` or ``"performance"``).
+    ``applied``, ``cost``, ``telemetry`` (latest row by channel), ``updates``,
+    ``collapse`` (``None``, ``"non-finite"`` or ``"performance"``), and two meta-state
+    deviation scores (0 before the first step; ``None`` without an encoder): ``deviation``,
+    the Mahalanobis distance of the latent from the encoder's reference band at the same number
+    of updates (:class:`~trainenv.core.band.ReferenceBand`; ``None`` if it has none), and
+    ``self_deviation``, its distance from the run's own recent latents, which needs no
+    reference runs (:class:`~trainenv.audit.warning.SelfDeviation`).
 
     Args:
         trainer: The run.
@@ -60,6 +67,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         reward: The reward spec.
         checkpoint_every: With ``rollback`` on offer, the env keeps the run's last good fork,
             refreshed every this many steps while the run is healthy.
+        deviation_in_obs: Append the deviation scores to the observation (needs an encoder
+            with a reference band).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -78,6 +87,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         collapse: CollapseRule | None = None,
         reward: RewardSpec | None = None,
         checkpoint_every: int = 10,
+        deviation_in_obs: bool = False,
     ) -> None:
         for name, value in (("k", k), ("max_steps", max_steps), ("levels", levels),
                             ("checkpoint_every", checkpoint_every)):  # fmt: skip
@@ -90,10 +100,18 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         self.action_space = self.action_spec.space
         self.observation_mode = observation
         self.encoder = _encoder(observation, encoder, trainer)
+        if deviation_in_obs and (self.encoder is None or self.encoder.band_ is None):
+            raise ValueError(
+                "deviation_in_obs=True needs observation='metastate' and an encoder with a "
+                "reference band (fitted by trainenv.calibrate with seeds >= 2)"
+            )
+        self.deviation_in_obs = bool(deviation_in_obs)
         width = (self.encoder.n_components if self.encoder else len(trainer.channels)) + 1
+        width += 2 * self.deviation_in_obs
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (width,), np.float32)
         self._rollback = any(i.event == ROLLBACK_EVENT for i in self.action_spec.interventions)
         self._window = self.encoder.window if self.encoder else 1
+        self._self_detector = _self_deviation_detector() if self.encoder else None
         self._started = False
 
     # -- gymnasium API ------------------------------------------------------------------------
@@ -109,6 +127,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         self._p = self._normalise(self.trainer.evaluate())
         self._collapse_state = CollapseState(best=self._p)
         self._checkpoint = self.trainer.snapshot() if self._rollback else None
+        self._reset_metastate()
         self._started = True
         return self._observe(), self._info([], 0.0, None)
 
@@ -120,6 +139,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         cost = self._apply(applied)
         telemetry = self.trainer.advance(self.k)
         self._rows = np.concatenate([self._rows, telemetry.values])[-self._window :]
+        self._update_metastate()
         p_prev, self._p = self._p, self._normalise(self.trainer.evaluate())
         self._collapse_state, reason = self.collapse_rule.update(
             self._collapse_state, self._p, telemetry.diverged
@@ -148,8 +168,10 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         the env's own state (active interventions, collapse and reward memory) are copies;
         continued with the same actions, the fork reproduces this env's continuation.
         """
-        memo = {id(self.encoder): self.encoder, id(self.action_spec): self.action_spec}
-        memo.update({id(obj): obj for obj in self.trainer._shared()})
+        # Share what is never mutated: the encoder, the action spec, the trainer's data, and
+        # the rollback checkpoint (restoring copies out of a snapshot, never into it).
+        shared = [self.encoder, self.action_spec, getattr(self, "_checkpoint", None)]
+        memo = {id(obj): obj for obj in [*shared, *self.trainer._shared()]}
         return copy.deepcopy(self, memo)
 
     # -- internals ------------------------------------------------------------------------------
@@ -193,13 +215,34 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         floor, ceiling = self.trainer.performance_range
         return (performance - floor) / (ceiling - floor)
 
+    def _reset_metastate(self) -> None:
+        self._latent = np.zeros(self.encoder.n_components) if self.encoder else None
+        # None, not NaN, when unavailable: NaN != NaN would make equal infos compare unequal.
+        has_band = self.encoder is not None and self.encoder.band_ is not None
+        self._deviation: float | None = 0.0 if has_band else None
+        self._self_deviation_score: float | None = 0.0 if self.encoder else None
+        if self._self_detector is not None:
+            self._self_detector.reset()
+
+    def _update_metastate(self) -> None:
+        """The latent of the latest window and its two deviation scores (one small matmul)."""
+        if self.encoder is None or self._self_detector is None:
+            return
+        self._latent = self.encoder.encode(self._rows)
+        if self.encoder.band_ is not None:
+            self._deviation = self.encoder.band_.distance(self._latent, self.trainer.updates)
+        self._self_deviation_score = self._self_detector.update(self._latent)
+
     def _observe(self) -> np.ndarray:
         if self.encoder is None:
             body = squash(symlog(self._rows[-1]), OBS_BOUND) if len(self._rows) else None
         else:
-            body = self.encoder.encode(self._rows) if len(self._rows) else None
+            body = self._latent
         if body is None:
             body = np.zeros(self.observation_space.shape[0] - 1)
+        if self.deviation_in_obs:
+            scores = np.array([self._deviation, self._self_deviation_score])
+            body = np.append(body, squash(scores, OBS_BOUND))
         return np.append(body, self._steps / self.max_steps).astype(np.float32)
 
     def _info(self, applied: list[Applied], cost: float, collapse: str | None) -> dict[str, Any]:
@@ -215,8 +258,21 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             "telemetry": {c.name: float(v) for c, v in zip(self.trainer.channels, last)},
             "updates": self.trainer.updates,
             "collapse": collapse,
+            "deviation": self._deviation,
+            "self_deviation": self._self_deviation_score,
             **self.trainer.info(),
         }
+
+
+def _self_deviation_detector() -> Any:
+    """The :class:`~trainenv.audit.warning.SelfDeviation` detector the env scores with.
+
+    Imported here, not at module level: ``trainenv.audit`` imports this module. The detector
+    is plain numpy over the latents, with no dependency on the audit machinery.
+    """
+    from trainenv.audit.warning import SelfDeviation
+
+    return SelfDeviation()
 
 
 def _interventions(trainer: Trainer, names: Sequence[str] | None) -> list[Intervention]:

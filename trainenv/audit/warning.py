@@ -195,3 +195,30 @@ def calibrate_threshold(
     scores = np.concatenate([detector.scores(run) for run in reference_runs])
     detector.threshold = float(np.quantile(scores[np.isfinite(scores)], 1 - false_alarm_rate))
     return detector.threshold
+
+
+class MetaStateDeviation(Detector):
+    """Threshold on the meta-state's deviation from its reference band::
+
+        score_t = min(dev_{t-m+1}, ..., dev_t),   m = persistence
+
+    ``update`` takes ``dev_t``, the env's ``info["deviation"]``: the Mahalanobis distance of
+    the latent from unperturbed reference runs at the same training progress (see
+    :class:`~trainenv.core.band.ReferenceBand`; under the band ``dev^2`` is chi-squared with
+    ``d`` degrees of freedom, ``d`` the latent dimension). With ``persistence`` ``m > 1`` an
+    alarm needs ``m`` consecutive steps above the threshold; the score is 0 until ``m`` values
+    are in. ``None`` or NaN (no band) scores 0; ``+inf`` alarms.
+    """
+
+    def __init__(self, threshold: float = 4.0, persistence: int = 1) -> None:
+        if persistence < 1:
+            raise ValueError(f"persistence must be >= 1, got {persistence}")
+        self.persistence = persistence
+        super().__init__(threshold)
+
+    def reset(self) -> None:
+        self._recent: deque[float] = deque(maxlen=self.persistence)
+
+    def update(self, value: float | None) -> float:  # type: ignore[override]
+        self._recent.append(0.0 if value is None or math.isnan(value) else float(value))
+        return min(self._recent) if len(self._recent) == self.persistence else 0.0

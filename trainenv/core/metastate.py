@@ -17,6 +17,8 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from trainenv.core.band import ReferenceBand
+
 FEATURES_PER_CHANNEL = 3  # last, mean, std of the window
 _LARGE = 50.0  # symlog value standing in for +-inf / nan (symlog(1e21) ~ 48)
 
@@ -79,6 +81,8 @@ class MetaStateEncoder:
         self.weights_: np.ndarray | None = None
         self.offset_: np.ndarray | None = None
         self.explained_variance_ratio_: np.ndarray | None = None
+        # Where reference runs' latents lie per training step (set by calibration; optional).
+        self.band_: ReferenceBand | None = None
 
     @property
     def n_components(self) -> int:
@@ -128,6 +132,7 @@ class MetaStateEncoder:
             path, channels=np.array(self.channels), window=self.window, variance=self.variance,
             max_components=self.max_components, bound=self.bound, weights=weights,
             offset=offset, explained_variance_ratio=self.explained_variance_ratio_,
+            **(self.band_.to_arrays() if self.band_ is not None else {}),
         )  # fmt: skip
 
     @classmethod
@@ -139,6 +144,7 @@ class MetaStateEncoder:
             )  # fmt: skip
             encoder.weights_, encoder.offset_ = data["weights"], data["offset"]
             encoder.explained_variance_ratio_ = data["explained_variance_ratio"]
+            encoder.band_ = ReferenceBand.from_arrays(data)  # None in files saved without one
         return encoder
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
