@@ -1,0 +1,247 @@
+"""Train a learned controller: stable-baselines3 PPO on a trainenv environment under a hidden
+adversary (:mod:`agents.adversary`), on vectorised environments, with TensorBoard logging.
+
+::
+
+    python -m agents.train_controller trainenv/Digits-MLP-v0 --timesteps 20000 --out runs/ctl
+    tensorboard --logdir runs/ctl/tensorboard
+
+writes ``DIR/controller.json`` (the environment, the adversary's distribution and the agent's
+action space: everything needed to rebuild the env), ``DIR/model.zip`` (the PPO model) and
+``DIR/tensorboard/`` (SB3's logs plus ``rollout/collapse_rate``, the share of the latest 100
+training episodes that ended in a collapse). Training draws its runs and schedules from
+:data:`~agents.adversary.TRAIN_SPLIT` only. :func:`load_controller` turns the saved model into
+a controller with the ``reset()``/``act(obs, info)`` protocol of :mod:`agents`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from agents.adversary import (
+    TRAIN_SPLIT,
+    AdversaryWrapper,
+    AgentActions,
+    ScheduleDistribution,
+    SeedSplit,
+    make_adversarial_env,
+)
+from agents.encoding import encode
+
+CONFIG_FILE, MODEL_FILE, TENSORBOARD_DIR = "controller.json", "model.zip", "tensorboard"
+
+PPO_DEFAULTS: dict[str, Any] = {
+    "n_steps": 128,
+    "batch_size": 64,
+    "n_epochs": 10,
+    "learning_rate": 1e-3,
+    "gamma": 0.99,
+    "ent_coef": 0.01,
+    "policy_kwargs": {"net_arch": [64, 64]},
+}
+"""PPO settings for a controller: short rollouts (``n_steps`` per env, a few episodes of the
+registered environments) and a learning rate above SB3's 3e-4, so that a few thousand steps
+make many updates (in ``examples/train_controller.py``, 10k steps with these and a menu of 4
+actions reached a training collapse rate of 0.14, where 20k steps with ``n_steps=256``,
+``learning_rate=3e-4`` and a menu of 8 reached 0.21); a small policy; anything else is SB3's
+default."""
+
+
+class ControllerConfig(BaseModel):
+    """Everything that defines a controller's environment; saved as ``controller.json``.
+
+    Attributes:
+        env_id: A registered trainenv environment.
+        env_kwargs: Passed to ``gymnasium.make`` (not ``action_mode``/``interventions``).
+        distribution: The adversary's schedules (``None``: the env's default,
+            :meth:`ScheduleDistribution.for_env`).
+        agent_actions: ``"discrete"`` menu or ``"continuous"`` box over the stabilizers.
+        stabilizers: The agent's stabilizers (``None``: all the run supports).
+        levels: Magnitudes per stabilizer on the discrete menu.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env_id: str
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    distribution: ScheduleDistribution | None = None
+    agent_actions: AgentActions = "discrete"
+    stabilizers: tuple[str, ...] | None = None
+    levels: int = Field(3, ge=1)
+
+    def make_env(self, split: SeedSplit = TRAIN_SPLIT) -> AdversaryWrapper:
+        """The adversarial environment, drawing its seeds from ``split``."""
+        return make_adversarial_env(
+            self.env_id, self.distribution, agent_actions=self.agent_actions,
+            stabilizers=self.stabilizers, levels=self.levels, split=split, **self.env_kwargs,
+        )  # fmt: skip
+
+    def resolved(self) -> ControllerConfig:
+        """This config with the default distribution spelled out (what gets saved)."""
+        if self.distribution is not None:
+            return self
+        return self.model_copy(update={"distribution": self.make_env().distribution})
+
+
+class _CollapseRate(BaseCallback):
+    """Logs ``rollout/collapse_rate``: collapsed share of the latest 100 training episodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ends: deque[bool] = deque(maxlen=100)
+
+    def _on_step(self) -> bool:
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if done:
+                self._ends.append(info.get("collapse") is not None)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._ends:
+            self.logger.record("rollout/collapse_rate", sum(self._ends) / len(self._ends))
+
+
+def _make_training_env(config: ControllerConfig) -> AdversaryWrapper:
+    # Runs in each worker process: one torch thread per environment.
+    torch.set_num_threads(1)
+    return config.make_env(TRAIN_SPLIT)
+
+
+def train_controller(
+    config: ControllerConfig,
+    timesteps: int,
+    out: str | Path,
+    *,
+    n_envs: int = 2,
+    seed: int = 0,
+    subprocess: bool = True,
+    ppo_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> PPO:
+    """Train a PPO controller on ``config``'s adversarial environment and save it under ``out``.
+
+    Args:
+        config: The environment, adversary and action space.
+        timesteps: Environment steps of training in total, over all ``n_envs`` environments.
+        out: Output directory (``controller.json``, ``model.zip``, ``tensorboard/``).
+        n_envs: Parallel environments.
+        seed: Seeds PPO and the environments (env ``i`` gets ``seed + i``).
+        subprocess: One process per environment (``SubprocVecEnv``) rather than all in this
+            one (``DummyVecEnv``); ignored for a single environment.
+        ppo_kwargs: Laid over :data:`PPO_DEFAULTS`.
+        progress: Show SB3's progress bar.
+    """
+    for name, value in (("timesteps", timesteps), ("n_envs", n_envs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    config = config.resolved()  # also builds the env once: a bad config fails here
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
+    venv = make_vec_env(
+        _make_training_env, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls,
+        env_kwargs={"config": config},
+    )  # fmt: skip
+    kwargs = {**PPO_DEFAULTS, **(ppo_kwargs or {})}
+    # A minibatch no larger than a rollout (short rollouts in quick runs).
+    kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * n_envs)
+    try:
+        model = PPO(
+            "MlpPolicy", venv, seed=seed, device="cpu", verbose=0,
+            tensorboard_log=str(out / TENSORBOARD_DIR), **kwargs,
+        )  # fmt: skip
+        model.learn(timesteps, callback=_CollapseRate(), tb_log_name="ppo", progress_bar=progress)
+        model.save(out / MODEL_FILE)
+    finally:
+        venv.close()
+    return model
+
+
+class PolicyController:
+    """A trained policy in the controller protocol of :mod:`agents` (``reset``, ``act``).
+
+    ``act`` returns an action of the inner env's space (like every controller in
+    :mod:`agents`); step an :class:`AdversaryWrapper` with it through ``step_inner``.
+
+    Args:
+        model: A stable-baselines3 model trained on an env with ``env``'s action space.
+        env: The adversarial environment the controller acts on.
+        deterministic: Take the policy's most likely action rather than a sample.
+    """
+
+    def __init__(self, model: Any, env: AdversaryWrapper, deterministic: bool = True) -> None:
+        if model.action_space != env.action_space:
+            raise ValueError(
+                f"model: its action space {model.action_space} is not the env's {env.action_space}"
+            )
+        self.model, self.env, self.deterministic = model, env, deterministic
+
+    def reset(self) -> None:
+        """Nothing to forget: the policy is memoryless."""
+
+    def act(self, obs: Any, info: Mapping[str, Any]) -> Any:
+        action, _ = self.model.predict(obs, deterministic=self.deterministic)
+        chosen = {i.name: m for i, m in self.env.agent_spec.decode(action)}
+        return encode(self.env, chosen)
+
+
+def load_config(directory: str | Path) -> ControllerConfig:
+    """The :class:`ControllerConfig` saved in a training directory."""
+    return ControllerConfig.model_validate_json((Path(directory) / CONFIG_FILE).read_text())
+
+
+def load_controller(directory: str | Path, env: AdversaryWrapper) -> PolicyController:
+    """The controller saved in a training directory, acting on ``env``."""
+    return PolicyController(PPO.load(Path(directory) / MODEL_FILE, device="cpu"), env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.train_controller", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("env_id", help="a registered trainenv environment")
+    parser.add_argument("--timesteps", type=int, required=True, help="environment steps in all")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--n-envs", type=int, default=2, help="parallel environments")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON object")
+    parser.add_argument("--distribution", type=Path, help="JSON file of a ScheduleDistribution")
+    parser.add_argument("--agent-actions", choices=["discrete", "continuous"], default="discrete")
+    parser.add_argument("--stabilizers", help="comma-separated (default: all the run supports)")
+    parser.add_argument("--levels", type=int, default=3, help="magnitudes per stabilizer")
+    parser.add_argument("--n-steps", type=int, help="PPO rollout length per environment")
+    parser.add_argument("--dummy", action="store_true", help="all environments in one process")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    distribution = None
+    if args.distribution is not None:
+        distribution = ScheduleDistribution.model_validate_json(args.distribution.read_text())
+    config = ControllerConfig(
+        env_id=args.env_id, env_kwargs=args.env_kwargs, distribution=distribution,
+        agent_actions=args.agent_actions, levels=args.levels,
+        stabilizers=tuple(args.stabilizers.split(",")) if args.stabilizers else None,
+    )  # fmt: skip
+    ppo_kwargs = {} if args.n_steps is None else {"n_steps": args.n_steps}
+    train_controller(
+        config, args.timesteps, args.out, n_envs=args.n_envs, seed=args.seed,
+        subprocess=not args.dummy, ppo_kwargs=ppo_kwargs,
+    )  # fmt: skip
+    print(f"model: {args.out / MODEL_FILE}\ntensorboard: {args.out / TENSORBOARD_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""Learned controllers: the hidden adversary, the training entry point, the evaluation protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import trainenv  # noqa: F401
+from agents import Schedule
+from agents.adversary import (
+    HELDOUT_SPLIT,
+    TRAIN_SPLIT,
+    PerturbationRange,
+    ScheduleDistribution,
+    SeedSplit,
+    make_adversarial_env,
+)
+from agents.evaluate import (
+    NOOP,
+    UNPERTURBED,
+    check_heldout,
+    check_targets,
+    evaluate,
+    heldout_episodes,
+)
+from agents.evaluate import main as evaluate_main
+from agents.train_controller import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TENSORBOARD_DIR,
+    PolicyController,
+    load_config,
+)
+from agents.train_controller import main as train_main
+from trainenv.audit.store import ResultStore
+
+ENV = "trainenv/Digits-MLP-v0"
+SMALL = {"k": 2, "max_steps": 12}
+MIXED = ScheduleDistribution(
+    perturbations=(
+        PerturbationRange(name="lr_shock", low=10.0, high=1000.0),
+        PerturbationRange(name="weight_noise", low=0.1, high=1.0),
+        PerturbationRange(name="label_noise", low=0.2, high=0.8),
+    ),
+    shocks=(1, 3),
+    onsets=(2, 10),
+    min_gap=3,
+)
+
+
+def adversarial(distribution=MIXED, **kwargs):
+    return make_adversarial_env(ENV, distribution, **{**SMALL, **kwargs})
+
+
+# -- schedules ---------------------------------------------------------------------------------
+def test_schedules_are_deterministic_per_seed_and_follow_the_declared_distribution() -> None:
+    schedules = [MIXED.sample(seed) for seed in range(200)]
+    assert MIXED.sample(7) == schedules[7]
+    assert len({s.describe() for s in schedules}) > 150  # seeds give different schedules
+    ranges = {p.name: (p.low, p.high) for p in MIXED.perturbations}
+    counts = {name: 0 for name in ranges}
+    for schedule in schedules:
+        steps = [s.step for s in schedule.shocks]
+        assert 1 <= len(steps) <= 3 and all(2 <= t <= 10 for t in steps)
+        assert all(b - a >= 3 for a, b in zip(steps, steps[1:]))
+        for shock in schedule.shocks:
+            low, high = ranges[shock.name]
+            assert low <= shock.magnitude <= high
+            counts[shock.name] += 1
+    # Each of the three dimensions is drawn about a third of the time.
+    assert all(n > 0.25 * sum(counts.values()) for n in counts.values())
+
+
+def test_bad_distributions_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="not a perturbation"):
+        PerturbationRange(name="grad_clip", low=0.1, high=1.0)
+    with pytest.raises(ValueError, match="magnitude of 'lr_shock' must be in"):
+        PerturbationRange(name="lr_shock", low=1.0, high=10.0)
+    with pytest.raises(ValueError, match="do not fit in onsets"):
+        MIXED.model_validate({**MIXED.model_dump(), "shocks": (1, 5)})
+    with pytest.raises(ValueError, match="must end before max_steps"):
+        adversarial(MIXED.model_copy(update={"onsets": (2, 12)}))
+    with pytest.raises(ValueError, match="stabilizers"):
+        adversarial(stabilizers=["lr_shock"])
+
+
+# -- the wrapper -------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")  # by design
+@pytest.mark.parametrize("agent_actions", ["discrete", "continuous"])
+def test_adversary_wrapper_passes_the_environment_checkers(agent_actions: str) -> None:
+    env = adversarial(agent_actions=agent_actions)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    assert {i.name for i in env.agent_spec.interventions} == {
+        "grad_clip", "lr_backoff", "rollback", "grad_noise"
+    }  # fmt: skip
+
+
+def trajectory(env, seed=None, options=None, steps=12) -> tuple[dict, list]:
+    obs, info = env.reset(seed=seed, options=options)
+    out = [obs]
+    for _ in range(steps):
+        obs, _, terminated, truncated, step_info = env.step(0)
+        out.append(obs)
+        if terminated or truncated:
+            break
+    return info, out
+
+
+def test_the_schedule_is_deterministic_per_seed() -> None:
+    env = adversarial()
+    info_a, obs_a = trajectory(env, seed=5)
+    schedule = env.schedule
+    info_b, obs_b = trajectory(env, seed=5)
+    assert env.schedule == schedule and info_a["run_seed"] == info_b["run_seed"]
+    for a, b in zip(obs_a, obs_b):
+        np.testing.assert_array_equal(a, b)
+    env.reset(seed=5)
+    after = env.reset()  # seedless resets continue the seeded stream
+    env.reset(seed=5)
+    assert env.reset()[1]["schedule_seed"] == after[1]["schedule_seed"]
+
+
+def test_the_schedule_is_hidden_from_the_observation() -> None:
+    single = MIXED.model_copy(update={"shocks": (1, 1)})
+    env = adversarial(single)
+    by_onset = {single.sample(q).shocks[0].step: q for q in range(50)}
+    early, late = min(by_onset), max(by_onset)
+    q_early, q_late = by_onset[early], by_onset[late]
+    _, obs_early = trajectory(env, options={"run_seed": 3, "schedule_seed": q_early})
+    _, obs_late = trajectory(env, options={"run_seed": 3, "schedule_seed": q_late})
+    assert obs_early[0].shape == env.observation_space.shape
+    # Same run, different schedules: identical observations until the earlier shock lands.
+    for t in range(early + 1):
+        np.testing.assert_array_equal(obs_early[t], obs_late[t])
+    assert not np.array_equal(obs_early[early + 1], obs_late[early + 1])
+
+
+def test_shocks_and_stabilizers_act_in_the_same_step() -> None:
+    one = ScheduleDistribution(
+        perturbations=(PerturbationRange(name="lr_shock", low=100.0, high=100.0),),
+        shocks=(1, 1), onsets=(3, 3),
+    )  # fmt: skip
+    env = adversarial(one, agent_actions="continuous")
+    env.reset(seed=0)
+    clip = env.agent_spec.encode({"grad_clip": 0.5})
+    applied = [dict(env.step(clip)[4]["applied"]) for _ in range(4)]
+    assert [set(a) for a in applied] == [{"grad_clip"}] * 3 + [{"grad_clip", "lr_shock"}]
+    assert applied[3]["lr_shock"] == pytest.approx(100.0, rel=1e-5)
+    with pytest.raises(ValueError, match="the agent may apply only"):
+        env.step_inner(env.unwrapped.action_spec.encode({"lr_shock": 100.0}))
+
+
+# -- the evaluation protocol -------------------------------------------------------------------
+def test_evaluation_seeds_are_disjoint_from_training_by_construction() -> None:
+    assert TRAIN_SPLIT.isdisjoint(HELDOUT_SPLIT)
+    episodes = heldout_episodes(50)
+    for e in episodes:
+        assert e.run_seed in HELDOUT_SPLIT.run and e.run_seed not in TRAIN_SPLIT.run
+        assert e.schedule_seed in HELDOUT_SPLIT.schedule
+        assert e.schedule_seed not in TRAIN_SPLIT.schedule
+    training = adversarial()
+    for seed in range(20):
+        info = training.reset(seed=seed)[1]
+        assert info["run_seed"] in TRAIN_SPLIT.run
+        assert info["schedule_seed"] in TRAIN_SPLIT.schedule
+    with pytest.raises(ValueError, match="run_seed must be an integer in"):
+        training.reset(options={"run_seed": episodes[0].run_seed})
+    leaky = SeedSplit("leaky", run=range(2_000_000, 2_000_010), schedule=range(500, 510))
+    with pytest.raises(ValueError, match="overlap the training split"):
+        check_heldout(leaky)
+    with pytest.raises(ValueError, match="overlap the training split"):
+        evaluate(training, {}, heldout_episodes(1))  # a training env is refused
+
+
+def test_evaluate_on_a_tiny_case_gives_sane_metrics(tmp_path) -> None:
+    # Every schedule: one lr shock of 5000-10000x at step 6, deadly unless the controller
+    # backs the learning rate off and rolls the run back.
+    deadly = ScheduleDistribution(
+        perturbations=(PerturbationRange(name="lr_shock", low=5000.0, high=1e4),),
+        shocks=(1, 1), onsets=(6, 6),
+    )  # fmt: skip
+    # Performance measured every step (4 updates), the last good fork refreshed every 2 steps.
+    env = adversarial(
+        deadly, k=4, trainer_kwargs={"eval_every": 4}, checkpoint_every=2, split=HELDOUT_SPLIT
+    )
+    rescue = {7: {"lr_backoff": 0.01}, 8: {"rollback": 1.0}}
+    evaluation = evaluate(
+        env, {"rescue": lambda e: Schedule(e, rescue)}, heldout_episodes(3), out=tmp_path,
+        n_boot=200,
+    )  # fmt: skip
+    summary = evaluation.summary.set_index("controller")
+    assert list(summary.index) == [UNPERTURBED, NOOP, "rescue"]
+    assert summary.loc[NOOP, "collapsed"] == 1.0 and summary.loc[NOOP, "final_p"] == 0.0
+    assert summary.loc[UNPERTURBED, "collapsed"] == 0.0
+    assert summary.loc["rescue", "collapsed"] == 0.0
+    assert summary.loc["rescue", "cost"] == pytest.approx(0.002 + 0.02)
+    assert summary.loc[UNPERTURBED, "cost"] == summary.loc[NOOP, "cost"] == 0.0
+    calm = summary.loc[UNPERTURBED]
+    assert 0.5 < calm.final_p <= 1.0 and 0 < calm.auc < calm.final_p  # learning from chance
+    assert summary.loc[NOOP, "auc"] < summary.loc["rescue", "auc"] <= calm.auc + 0.05
+    for metric in ("collapsed", "final_p", "auc", "cost"):
+        assert (summary[f"{metric}_lo"] <= summary[metric] + 1e-12).all()
+        assert (summary[metric] <= summary[f"{metric}_hi"] + 1e-12).all()
+    verdicts = check_targets(evaluation.summary, "rescue", [])
+    assert [v.met for v in verdicts][0] is True  # collapse rate 0 <= half of 1
+    runs = ResultStore(tmp_path).runs()
+    assert len(runs) == 9 and set(runs["kind"]) == {"controller"}
+    assert (tmp_path / "evaluation.md").exists()
+    assert (tmp_path / "figures" / "controllers.png").exists()
+    with pytest.raises(ValueError, match="already holds results"):
+        evaluate(env, {}, heldout_episodes(1), out=tmp_path)
+
+
+# -- the training entry point ------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_controller_runs_end_to_end_and_saves_a_loadable_model(tmp_path, capsys) -> None:
+    out = tmp_path / "ctl"
+    argv = [ENV, "--timesteps", "128", "--out", str(out), "--n-envs", "2", "--dummy",
+            "--n-steps", "64", "--env-kwargs", '{"k": 2, "max_steps": 12}']  # fmt: skip
+    assert train_main(argv) == 0
+    assert list((out / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
+    config = load_config(out)
+    assert config.env_id == ENV and config.distribution is not None  # default spelled out
+    env = config.make_env(HELDOUT_SPLIT)
+    model = PPO.load(out / MODEL_FILE, device="cpu")
+    assert model.num_timesteps >= 128
+    controller = PolicyController(model, env)
+    episode = heldout_episodes(1)[0]
+    obs, info = env.reset(options=vars(episode))
+    env.step_inner(controller.act(obs, info))
+    with pytest.raises(ValueError, match="action space"):
+        PolicyController(model, config.model_copy(update={"levels": 2}).make_env())
+    assert evaluate_main([str(out), "--episodes", "1", "--no-rules"]) == 0
+    assert "learned" in capsys.readouterr().out
+    assert (out / CONFIG_FILE).exists() and (out / "evaluation" / "evaluation.md").exists()
