@@ -302,7 +302,8 @@ def check_targets(
         Verdict(
             "collapse rate at most half the no-op's",
             bool(me.collapsed <= noop.collapsed / 2),
-            f"{me.collapsed:.3f} vs no-op {noop.collapsed:.3f}",
+            f"{me.collapsed:.3f} vs no-op {noop.collapsed:.3f}"
+            + (" (vacuous: no-op never collapsed)" if noop.collapsed == 0 else ""),
         ),
         Verdict(
             f"final p within {tolerance:.0%} of the unperturbed run's",

@@ -139,7 +139,9 @@ def train_controller(
         n_envs: Parallel environments.
         seed: Seeds PPO and the environments (env ``i`` gets ``seed + i``).
         subprocess: One process per environment (``SubprocVecEnv``) rather than all in this
-            one (``DummyVecEnv``); ignored for a single environment.
+            one (``DummyVecEnv``); ignored for a single environment. Worker processes start
+            with ``forkserver``, so a calling script needs an ``if __name__ == "__main__":``
+            guard.
         ppo_kwargs: Laid over :data:`PPO_DEFAULTS`.
         progress: Show SB3's progress bar.
     """

@@ -8,9 +8,11 @@ each round the perturber learns a best response to the current stabilizer, then 
 stabilizer learns against both the new perturber and a fixed scripted one (two vectorised
 copies of the game). The stabilizer's collapse rate against the scripted perturber (the
 largest learning-rate shock on its menu, 10,000x, at steps 8 and 18) is printed for the no-op
-stabilizer and after every round, on held-out run seeds.
+stabilizer and after every round, on held-out run seeds. Measured once (defaults, 10 runs):
+1.00 for the no-op stabilizer, 0.40 after round 1, 0.30 after round 2; the learned perturber
+collapsed no run of the trained stabilizer (it is the weaker side at this budget).
 
-    python examples/multiagent_selfplay.py                  # about 6 minutes on 2 busy cores
+    python examples/multiagent_selfplay.py                  # about 9 minutes on 2 busy cores
     python examples/multiagent_selfplay.py --rounds 1 --steps 512 --episodes 4    # a quick look
 """
 
