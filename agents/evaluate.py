@@ -6,20 +6,12 @@ training split's (checked before anything runs), so no evaluated run or schedule
 training. The *unperturbed* row is the no-op controller on the same run seeds with no shocks:
 the reference for final performance.
 
-Per episode (``p`` is normalised performance, 0 = chance, 1 = the trainer's ceiling; an episode
-has ``H = max_steps`` steps, and after a collapse ``p`` counts as 0 for the rest of it, as in
-the audit's metrics):
-
-- ``collapsed``: the env's collapse rule ended the run;
-- ``final_p``: ``p`` after the last step ``H``;
-- ``auc``: area under the performance curve, ``(1/H) sum_t p_t``, in ``[0, 1]``-ish units of p;
-- ``cost``: summed registry ``cost`` of the stabilizers the controller applied.
-
-Per controller: the mean of each over episodes with a percentile bootstrap CI over episodes
-(:func:`~trainenv.audit.metrics.bootstrap_ci`). Results go to a
+Per episode and per controller the metrics are those of
+:mod:`trainenv.audit.controllers` (collapse, final ``p``, area under the curve, intervention
+cost; means with bootstrap CIs over episodes). Results go to a
 :class:`~trainenv.audit.store.ResultStore` in the audit's layout (one ``runs/`` row and one
-``steps/`` table per controller and episode, ``kind="controller"``), with ``evaluation.md``
-and ``figures/controllers.png``.
+``steps/`` table per controller and episode, ``kind="controller"``), with ``report.md`` and
+``figures/controllers.png``; ``trainenv report DIR`` redraws them.
 
 ::
 
@@ -32,7 +24,6 @@ import argparse
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,16 +35,18 @@ from agents.adversary import HELDOUT_SPLIT, TRAIN_SPLIT, AdversaryWrapper, SeedS
 from agents.encoding import unwrap
 from agents.rules import BackoffOnLossSpike, ClipOnGradSpike, ForkSearch, RollbackOnDrop
 from agents.scripted import NoOp
-from trainenv.audit.metrics import bootstrap_ci
-from trainenv.audit.report import format_table
-from trainenv.audit.runner import _step_row, run_id
+from trainenv.audit.controllers import (
+    CONTROLLER,
+    NOOP,
+    UNPERTURBED,
+    ControllerSummary,
+    summarize_controllers,
+    write_controller_report,
+)
+from trainenv.audit.runner import run_id, step_row
 from trainenv.audit.store import ResultStore, RunRecord
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import Role
-
-NOOP, UNPERTURBED = "no-op", "unperturbed"
-METRICS = ("collapsed", "final_p", "auc", "cost")
-_LABELS = {"collapsed": "collapse rate", "final_p": "final p", "auc": "AUC", "cost": "cost"}
 
 
 class Controller(Protocol):
@@ -113,15 +106,15 @@ def rule_controllers(env: AdversaryWrapper) -> dict[str, ControllerFactory]:
 @dataclass
 class Evaluation:
     """The outcome of :func:`evaluate`: per-episode ``runs`` (one row per controller and
-    episode) and the per-controller ``summary`` (see :func:`summarize`)."""
+    episode) and the per-controller ``summary``
+    (:class:`~trainenv.audit.controllers.ControllerSummary`)."""
 
     runs: pd.DataFrame
-    summary: pd.DataFrame
-    confidence: float
+    summary: ControllerSummary
 
     def table(self) -> str:
         """The summary as an aligned text table."""
-        return format_summary(self.summary, self.confidence)
+        return self.summary.text()
 
 
 def evaluate(
@@ -141,7 +134,7 @@ def evaluate(
         controllers: Name -> factory (the no-op is added first as :data:`NOOP` if absent).
         episodes: The episodes, e.g. :func:`heldout_episodes`.
         unperturbed: Also run the no-op without shocks (:data:`UNPERTURBED`).
-        out: Directory for the results store, ``evaluation.md`` and the figure (``None``:
+        out: Directory for the results store, ``report.md`` and the figure (``None``:
             nothing written). It must not already hold results.
         n_boot, confidence: Bootstrap resamples and CI level.
     """
@@ -168,10 +161,9 @@ def evaluate(
             if store is not None:
                 store.write(record)
     frame = pd.DataFrame(rows)
-    evaluation = Evaluation(frame, summarize(frame, n_boot, confidence), confidence)
-    if store is not None:
-        write_evaluation_report(store.root, n_boot, confidence)
-    return evaluation
+    if store is None:
+        return Evaluation(frame, summarize_controllers(frame, n_boot, confidence))
+    return Evaluation(frame, write_controller_report(store.root, n_boot, confidence)[1])
 
 
 def run_episode(
@@ -193,13 +185,13 @@ def run_episode(
         options={"run_seed": episode.run_seed, "schedule_seed": episode.schedule_seed}
     )
     controller.reset()
-    steps = [_step_row(rid, 0, obs, info)]
+    steps = [step_row(rid, 0, obs, info)]
     p = np.zeros(inner.max_steps)
     cost, interventions = 0.0, 0
     terminated = truncated = False
     while not (terminated or truncated):
         obs, _, terminated, truncated, info = env.step_inner(controller.act(obs, info))
-        steps.append(_step_row(rid, len(steps), obs, info))
+        steps.append(step_row(rid, len(steps), obs, info))
         p[len(steps) - 2] = info["p"]
         stabilizers = [registry.get(n) for n, _ in info["applied"]]
         stabilizers = [i for i in stabilizers if i.role is Role.STABILIZER]
@@ -209,7 +201,7 @@ def run_episode(
     row = {
         **keys,
         "run_id": rid,
-        "kind": "controller",
+        "kind": CONTROLLER,
         "status": "ok",
         "controller": name,
         "schedule": env.schedule.describe() if env.schedule else "none",
@@ -234,49 +226,7 @@ def _empty_store(out: str | Path) -> ResultStore:
     return store
 
 
-# -- summaries ---------------------------------------------------------------------------------
-def summarize(runs: pd.DataFrame, n_boot: int = 1000, confidence: float = 0.95) -> pd.DataFrame:
-    """Per controller (in order of appearance): ``n`` episodes and, for each of
-    :data:`METRICS`, the mean over episodes and ``<metric>_lo``/``<metric>_hi``, its bootstrap
-    CI (episodes resampled). ``collapsed`` is the collapse rate."""
-    if runs.empty or "controller" not in runs:
-        raise ValueError("runs: no controller evaluation to summarise")
-    rows = []
-    for name, group in runs.groupby("controller", sort=False):
-        row: dict[str, Any] = {"controller": name, "n": len(group)}
-        for metric in METRICS:
-            values = group[metric].to_numpy(dtype=float)
-            row[metric] = float(values.mean())
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
-                partial(_resampled_means, values), len(values), n_boot, confidence
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _resampled_means(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` (shape ``(n,)``) over each resample of ``draws`` ``(B, n)``."""
-    return values[draws].mean(axis=1)
-
-
-def summary_rows(summary: pd.DataFrame, confidence: float) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the summary table: each metric as ``mean [lo, hi]``."""
-    headers = ["controller", "n", *(f"{_LABELS[m]} [{confidence:.0%} CI]" for m in METRICS)]
-    cells = []
-    for r in summary.itertuples():
-        values = [
-            f"{getattr(r, m):.3f} [{getattr(r, m + '_lo'):.3f}, {getattr(r, m + '_hi'):.3f}]"
-            for m in METRICS
-        ]
-        cells.append([str(r.controller), str(r.n), *values])
-    return headers, cells
-
-
-def format_summary(summary: pd.DataFrame, confidence: float = 0.95) -> str:
-    """The summary as an aligned text table."""
-    return format_table(*summary_rows(summary, confidence), markdown=False)
-
-
+# -- targets ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Verdict:
     """One target of the issue, checked on point estimates (the CIs are in the table)."""
@@ -287,13 +237,13 @@ class Verdict:
 
 
 def check_targets(
-    summary: pd.DataFrame, learned: str, rules: Sequence[str], tolerance: float = 0.05
+    summary: ControllerSummary, learned: str, rules: Sequence[str], tolerance: float = 0.05
 ) -> list[Verdict]:
     """The targets for a learned controller: collapse rate at most half the no-op's; final
     ``p`` within ``tolerance`` (relative) of the unperturbed run's; and at least as good as the
     best rule-based controller (the lowest collapse rate, ties broken by final ``p``): a
     collapse rate no higher and a final ``p`` no lower."""
-    by = summary.set_index("controller")
+    by = summary.table.set_index("controller")
     missing = [c for c in (learned, NOOP, UNPERTURBED, *rules) if c not in by.index]
     if missing:
         raise ValueError(f"summary: controllers {missing} are missing; have {list(by.index)}")
@@ -328,78 +278,6 @@ def check_targets(
 
 def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     return "\n".join(f"[{'met' if v.met else 'NOT met'}] {v.target}: {v.detail}" for v in verdicts)
-
-
-# -- the report --------------------------------------------------------------------------------
-def write_evaluation_report(out: str | Path, n_boot: int = 1000, confidence: float = 0.95) -> Path:
-    """Write ``evaluation.md`` and ``figures/controllers.png`` under ``out`` from its store."""
-    store = ResultStore(out)
-    runs = store.runs()
-    if runs.empty or "controller_index" not in runs:
-        raise ValueError(f"out: {store.root} holds no controller evaluation")
-    runs = runs[runs["kind"] == "controller"].sort_values(["controller_index", "seed"])
-    summary = summarize(runs, n_boot, confidence)
-    figure = store.root / "figures" / "controllers.png"
-    figure.parent.mkdir(exist_ok=True)
-    plot_controllers(runs, store.steps(runs["run_id"]), summary, figure)
-    first = runs.iloc[0]
-    shocked = runs.loc[runs["controller"] != UNPERTURBED, "distribution"]
-    adversary = shocked.iloc[0] if len(shocked) else first["distribution"]
-    lines = [
-        "# Controller evaluation",
-        "",
-        f"{first['env']}: {runs['seed'].nunique()} held-out run seeds, each under a held-out "
-        f"adversarial schedule; {len(summary)} controllers; episodes of {first['horizon']} "
-        f"steps. Intervals: {confidence:.0%} percentile bootstrap over episodes.",
-        "",
-        f"Adversary (every row but {UNPERTURBED!r}, which has no shocks): `{adversary}`",
-        "",
-        format_table(*summary_rows(summary, confidence), markdown=True),
-        "",
-        "collapse rate: share of episodes the collapse rule ended; final p: normalised "
-        "performance after the last step (0 after a collapse); AUC: mean p over the episode; "
-        "cost: summed intervention cost of the controller's stabilizers.",
-        "",
-        f"![controllers]({figure.relative_to(store.root).as_posix()})",
-        "",
-    ]
-    path = store.root / "evaluation.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def plot_controllers(
-    runs: pd.DataFrame, steps: pd.DataFrame, summary: pd.DataFrame, path: Path
-) -> None:
-    """Left: mean ``p`` per step for each controller (0 after a collapse); right: collapse
-    rates with their CIs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    horizon = int(runs["horizon"].max())
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=[3, 2])
-    for k, name in enumerate(summary["controller"]):
-        ids = runs.loc[runs["controller"] == name, "run_id"]
-        curves = np.zeros((len(ids), horizon))
-        for j, rid in enumerate(ids):
-            s = steps[(steps["run_id"] == rid) & (steps["step"] > 0)]
-            curves[j, s["step"].to_numpy() - 1] = s["p"].to_numpy()
-        left.plot(np.arange(1, horizon + 1), curves.mean(axis=0), color=f"C{k}", label=name)
-    left.set_xlabel("step")
-    left.set_ylabel("mean p (0 after a collapse)")
-    left.legend(fontsize=8)
-    rate = summary["collapsed"]
-    err = [rate - summary["collapsed_lo"], summary["collapsed_hi"] - rate]
-    colors = [f"C{k}" for k in range(len(summary))]
-    right.barh(summary["controller"], rate, xerr=err, color=colors, capsize=3)
-    right.invert_yaxis()
-    right.set_xlabel("collapse rate")
-    fig.suptitle("Controllers under held-out adversarial schedules")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # -- command line ------------------------------------------------------------------------------

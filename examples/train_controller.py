@@ -16,8 +16,8 @@ but a final p of 0.80 against 0.97 unperturbed: it intervenes on nearly every st
 which slows learning. Results vary between training runs at this budget.
 
 Results: ``OUT/model.zip``, ``OUT/tensorboard/`` (``tensorboard --logdir OUT/tensorboard``),
-``OUT/evaluation/`` (``evaluation.md``, ``figures/controllers.png``, the results store). A
-previous ``OUT/evaluation`` is replaced.
+``OUT/evaluation/`` (``report.md``, ``figures/controllers.png``, the results store; ``trainenv
+report OUT/evaluation`` redraws them). A previous ``OUT/evaluation`` is replaced.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     shutil.rmtree(results, ignore_errors=True)
     started = time.perf_counter()
     evaluation = evaluate(env, controllers, heldout_episodes(args.episodes), out=results)
-    print(f"evaluated in {time.perf_counter() - started:.0f} s: {results / 'evaluation.md'}\n")
+    print(f"evaluated in {time.perf_counter() - started:.0f} s: {results / 'report.md'}\n")
     print(evaluation.table())
     print()
     print(format_verdicts(check_targets(evaluation.summary, "learned", list(rules))))

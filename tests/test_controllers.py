@@ -35,7 +35,9 @@ from agents.train_controller import (
     load_config,
 )
 from agents.train_controller import main as train_main
+from trainenv.audit.report import summarize
 from trainenv.audit.store import ResultStore
+from trainenv.cli import main as cli_main
 
 ENV = "trainenv/Digits-MLP-v0"
 SMALL = {"k": 2, "max_steps": 12}
@@ -176,7 +178,7 @@ def test_evaluation_seeds_are_disjoint_from_training_by_construction() -> None:
         evaluate(training, {}, heldout_episodes(1))  # a training env is refused
 
 
-def test_evaluate_on_a_tiny_case_gives_sane_metrics(tmp_path) -> None:
+def test_evaluate_on_a_tiny_case_gives_sane_metrics(tmp_path, capsys) -> None:
     # Every schedule: one lr shock of 5000-10000x at step 6, deadly unless the controller
     # backs the learning rate off and rolls the run back.
     deadly = ScheduleDistribution(
@@ -192,7 +194,7 @@ def test_evaluate_on_a_tiny_case_gives_sane_metrics(tmp_path) -> None:
         env, {"rescue": lambda e: Schedule(e, rescue)}, heldout_episodes(3), out=tmp_path,
         n_boot=200,
     )  # fmt: skip
-    summary = evaluation.summary.set_index("controller")
+    summary = evaluation.summary.table.set_index("controller")
     assert list(summary.index) == [UNPERTURBED, NOOP, "rescue"]
     assert summary.loc[NOOP, "collapsed"] == 1.0 and summary.loc[NOOP, "final_p"] == 0.0
     assert summary.loc[UNPERTURBED, "collapsed"] == 0.0
@@ -209,8 +211,15 @@ def test_evaluate_on_a_tiny_case_gives_sane_metrics(tmp_path) -> None:
     assert [v.met for v in verdicts][0] is True  # collapse rate 0 <= half of 1
     runs = ResultStore(tmp_path).runs()
     assert len(runs) == 9 and set(runs["kind"]) == {"controller"}
-    assert (tmp_path / "evaluation.md").exists()
-    assert (tmp_path / "figures" / "controllers.png").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "rescue" in report and (tmp_path / "figures" / "controllers.png").exists()
+    # `trainenv report` redraws an evaluation from its store: the same table.
+    (tmp_path / "report.md").unlink()
+    assert cli_main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == report
+    assert evaluation.table() in capsys.readouterr().out
+    with pytest.raises(ValueError, match="controller evaluation, not an audit"):
+        summarize(ResultStore(tmp_path).runs())
     with pytest.raises(ValueError, match="already holds results"):
         evaluate(env, {}, heldout_episodes(1), out=tmp_path)
 
@@ -236,4 +245,4 @@ def test_train_controller_runs_end_to_end_and_saves_a_loadable_model(tmp_path, c
         PolicyController(model, config.model_copy(update={"levels": 2}).make_env())
     assert evaluate_main([str(out), "--episodes", "1", "--no-rules"]) == 0
     assert "learned" in capsys.readouterr().out
-    assert (out / CONFIG_FILE).exists() and (out / "evaluation" / "evaluation.md").exists()
+    assert (out / CONFIG_FILE).exists() and (out / "evaluation" / "report.md").exists()

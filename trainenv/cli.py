@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     audit.set_defaults(command=_audit, name="audit")
 
-    report = sub.add_parser("report", help="write report.md and figures for a results directory")
+    report = sub.add_parser(
+        "report",
+        help="write report.md and figures for a results directory (audit or controller evaluation)",
+    )
     report.add_argument("dir", type=Path)
     report.set_defaults(command=_report, name="report")
 
@@ -110,13 +113,20 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from trainenv.audit.controllers import is_controller_evaluation, write_controller_report
     from trainenv.audit.report import format_summary, write_report
+    from trainenv.audit.store import ResultStore
 
     if not (args.dir / "runs").is_dir():
         raise ValueError(f"{args.dir} holds no audit results (no runs/ directory)")
-    report, summary = write_report(args.dir)
+    if is_controller_evaluation(ResultStore(args.dir).runs()):
+        report, controllers = write_controller_report(args.dir)
+        text = controllers.text()
+    else:
+        report, summary = write_report(args.dir)
+        text = format_summary(summary)
     print(f"report: {report}")
-    print(format_summary(summary))
+    print(text)
     return 0
 
 
@@ -124,7 +134,7 @@ def _list(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from trainenv import ENV_IDS
-    from trainenv.audit.report import format_table
+    from trainenv.audit.formatting import format_table
 
     by_trainer: dict[str, list[str]] = {}
     supported: dict[str, tuple[Intervention, ...]] = {}

@@ -31,9 +31,11 @@ import pandas as pd
 
 from trainenv.audit import early_warning as ew
 from trainenv.audit.backends import make_backend
+from trainenv.audit.formatting import format_interval as _ci
+from trainenv.audit.formatting import format_number as _num
+from trainenv.audit.formatting import format_table, pyplot, save_figure
 from trainenv.audit.metrics import bootstrap_ci
 from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
-from trainenv.audit.report import _ci, _num, _pyplot, _save, format_table
 from trainenv.audit.runner import run_audit
 from trainenv.audit.store import ResultStore
 
@@ -926,7 +928,7 @@ def _caveats() -> list[str]:
 # -- figures ------------------------------------------------------------------------------------
 def plot_decoupling(results: dict[str, Decoupling], path: Path) -> None:
     """Per paradigm: recipes' mean final performance against mean stability."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, (name, r) in zip(axes.flat, results.items()):
         ax.scatter(r.recipes["final_p"], r.recipes["stability"], color="tab:blue")
@@ -937,12 +939,12 @@ def plot_decoupling(results: dict[str, Decoupling], path: Path) -> None:
         ax.set_xlabel("final performance p (mean over seeds)")
         ax.set_ylabel("stability (1 - mean relative drawdown)")
         ax.set_title(f"{name}: rho = {_num(r.rho, '.2f')} {_ci(r.lo, r.hi, '.2f')}", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_buffering(results: dict[str, Buffering], path: Path) -> None:
     """Per paradigm: each pair's drawdown without against with the stochasticity knob."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.2), squeeze=False)
     for ax, (name, b) in zip(axes.flat, results.items()):
         for intervention, rows in b.pairs.groupby("intervention"):
@@ -954,12 +956,12 @@ def plot_buffering(results: dict[str, Buffering], path: Path) -> None:
         ax.set_xlabel(f"drawdown, {b.without}")
         ax.set_ylabel(f"drawdown, {b.with_}")
         ax.legend(fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_detectors(results: dict[str, EarlyWarning], path: Path) -> None:
     """Per paradigm: each detector's AUROC and detection rate with their CIs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.0 * len(results), 3.4), squeeze=False)
     for ax, (name, w) in zip(axes.flat, results.items()):
         t = w.table
@@ -974,12 +976,12 @@ def plot_detectors(results: dict[str, EarlyWarning], path: Path) -> None:
         ax.set_xlim(0, 1.02)
         ax.set_title(f"{name} (H = {w.horizon} steps)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_example(results: dict[str, EarlyWarning], path: Path) -> None:
     """Per paradigm: a collapsing run's p and meta-state deviation, with the threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.0 * len(results), 3.4), squeeze=False)
     for ax, (name, w) in zip(axes.flat, results.items()):
         collapsed = [t for t in w.traces if t.collapse_onset is not None]
@@ -1001,4 +1003,4 @@ def plot_example(results: dict[str, EarlyWarning], path: Path) -> None:
         twin.set_ylabel("meta-state deviation (dashed: threshold)", color="tab:orange")
         ax.set_title(f"{name}: seed {trace.seed}, {trace.scenario}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -13,7 +13,7 @@ intervention's: the smallest position among the dimension's interventions in the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainenv.audit.controllers import is_controller_evaluation
+from trainenv.audit.formatting import (
+    format_interval,
+    format_number,
+    format_table,
+    pyplot,
+    save_figure,
+)
 from trainenv.audit.metrics import Censoring, bootstrap_ci, margin, nanmean
 from trainenv.audit.store import ResultStore
 from trainenv.core import interventions as registry
@@ -58,6 +66,11 @@ def summarize(runs: pd.DataFrame, n_boot: int = 1000, confidence: float = 0.95) 
     """Summarise a runs table (:meth:`ResultStore.runs`)."""
     if runs.empty or "kind" not in runs:
         raise ValueError("no finished runs to summarise")
+    if is_controller_evaluation(runs):
+        raise ValueError(
+            "these results are a controller evaluation, not an audit: summarise them with "
+            "trainenv.audit.controllers.summarize_controllers (trainenv report does this)"
+        )
     perturbed = runs[(runs["kind"] == "perturbed") & (runs["status"] == "ok")].copy()
     if perturbed.empty:
         raise ValueError(
@@ -232,33 +245,10 @@ def _align(grid: _Grid, seeds: np.ndarray) -> _Grid:
 
 
 # -- text ------------------------------------------------------------------------------------
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
-    """An aligned text table, or a Markdown pipe table."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [str(c).ljust(w) for c, w in zip(cells, widths)]
-        return f"| {' | '.join(padded)} |" if markdown else "  ".join(padded).rstrip()
-
-    rule = ["-" * w for w in widths]
-    body = [line(headers), line(rule) if markdown else "  ".join(rule)]
-    return "\n".join(body + [line(r) for r in rows])
-
-
-def _num(x: float, fmt: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return "inf" if math.isinf(x) else format(x, fmt)
-
-
-def _ci(lo: float, hi: float, fmt: str = ".3g") -> str:
-    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]"
-
-
 def _estimate(row: Any, key: str, fmt: str) -> str:
     """``value [lo, hi]`` of the column ``key`` of a summary row."""
     lo, hi = getattr(row, f"{key}_lo"), getattr(row, f"{key}_hi")
-    return f"{_num(getattr(row, key), fmt)} {_ci(lo, hi, fmt)}"
+    return f"{format_number(getattr(row, key), fmt)} {format_interval(lo, hi, fmt)}"
 
 
 def profile_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
@@ -268,8 +258,8 @@ def profile_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
         cells = {d: "not tested" for d in DIMENSIONS}
         for r in by_recipe.itertuples():
             cells[r.dimension] = (
-                f"{_MARK[r.censored]}{_num(r.position, '.2f')} "
-                f"{_ci(r.position_lo, r.position_hi, '.2f')} ({r.limiting})"
+                f"{_MARK[r.censored]}{format_number(r.position, '.2f')} "
+                f"{format_interval(r.position_lo, r.position_hi, '.2f')} ({r.limiting})"
             )
         rows.append([str(recipe), *cells.values()])
     return headers, rows
@@ -301,8 +291,8 @@ def margin_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
                 str(r.recipe),
                 r.intervention,
                 r.dimension,
-                f"{_MARK[r.censored]}{_num(r.margin)}",
-                _ci(r.margin_lo, r.margin_hi),
+                f"{_MARK[r.censored]}{format_number(r.margin)}",
+                format_interval(r.margin_lo, r.margin_hi),
                 rates,
             ]
         )
@@ -331,7 +321,7 @@ def metric_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
                 str(r.n),
                 _estimate(r, "collapse_rate", ".2f"),
                 *(_estimate(r, m, ".3f") for m in METRICS),
-                _num(r.recovery_time),
+                format_number(r.recovery_time),
             ]
         )
     return headers, rows
@@ -445,18 +435,9 @@ def _slug(text: str) -> str:
 
 
 # -- figures ---------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_profile(summary: Summary, path: Path) -> None:
     """Grouped bars: the four margins (positions) side by side, one bar per recipe."""
-    plt = _pyplot()
+    plt = pyplot()
     recipes = list(summary.profile["recipe"].unique())
     width = 0.8 / max(len(recipes), 1)
     fig, ax = plt.subplots(figsize=(8, 4.6))
@@ -517,12 +498,12 @@ def plot_profile(summary: Summary, path: Path) -> None:
         ncol=min(len(recipes), 3),
         frameon=False,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_margin_curves(summary: Summary, path: Path) -> None:
     """Collapse rate vs magnitude per intervention, one line per recipe, margins marked."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(summary.margins["intervention"].unique())
     fig, axes = _grid(plt, len(names))
     recipes = list(summary.table["recipe"].unique())
@@ -563,13 +544,13 @@ def plot_margin_curves(summary: Summary, path: Path) -> None:
         ax.set_ylabel("collapse rate", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("Collapse rate vs magnitude (dotted: margin; dashed: half of the seeds)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_trajectories(store: ResultStore, runs: pd.DataFrame, recipe: str, path: Path) -> None:
     """Per intervention, one seed and onset: the unperturbed branch and each perturbed one,
     with the perturbation window shaded."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = runs[runs["recipe"] == recipe]
     seed, onset = runs["seed"].min(), runs["onset"].min()
     pair = runs[(runs["seed"] == seed) & (runs["onset"] == onset)]
@@ -597,7 +578,7 @@ def plot_trajectories(store: ResultStore, runs: pd.DataFrame, recipe: str, path:
         ax.set_ylabel("p", fontsize=8)
         ax.legend(fontsize=6, title="magnitude", title_fontsize=6)
     fig.suptitle(f"{recipe}: perturbed vs unperturbed (shaded: perturbation; x: collapse)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _grid(plt: Any, n: int) -> tuple[Any, list[Any]]:
@@ -607,11 +588,3 @@ def _grid(plt: Any, n: int) -> tuple[Any, list[Any]]:
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

@@ -129,10 +129,10 @@ def run_group(group: Group) -> list[RunRecord]:
     noop = spec.encode(hold)
 
     obs, info = env.reset(seed=group.seed)
-    prefix = [_step_row(group.baseline_id, 0, obs, info)]
+    prefix = [step_row(group.baseline_id, 0, obs, info)]
     for t in range(1, group.onset + 1):
         obs, _, terminated, _, info = env.step(noop)
-        prefix.append(_step_row(group.baseline_id, t, obs, info))
+        prefix.append(step_row(group.baseline_id, t, obs, info))
         if terminated:
             return _prefix_collapsed(group, prefix, info["collapse"], started)
 
@@ -165,7 +165,7 @@ def _branch(origin: TrainEnv, actions: list[np.ndarray], onset: int, rid: str) -
     steps, collapse = [], None
     for h, action in enumerate(actions, start=1):
         obs, _, terminated, _, info = env.step(action)
-        steps.append(_step_row(rid, onset + h, obs, info))
+        steps.append(step_row(rid, onset + h, obs, info))
         if terminated:
             collapse = info["collapse"]
             break
@@ -174,7 +174,9 @@ def _branch(origin: TrainEnv, actions: list[np.ndarray], onset: int, rid: str) -
     return _Branch(steps, p, collapse)
 
 
-def _step_row(rid: str, step: int, obs: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+def step_row(rid: str, step: int, obs: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+    """The ``steps/`` row of one env step of run ``rid``: ``p``, performance, collapse, the
+    interventions applied, knobs, telemetry, the observation and any deviation scores."""
     return {
         "run_id": rid,
         "step": step,
