@@ -106,6 +106,17 @@ def test_large_lr_shock_collapses_with_the_declared_penalty() -> None:
     assert terminated and info["collapse"] == "performance" and reward == -penalty
 
 
+def test_reward_and_collapse_accept_plain_mappings_validated_by_field() -> None:
+    # JSON/YAML configs (controller.json, audit plans) spell them as mappings.
+    env = digits(reward={"cost_weight": 5.0}, collapse={"patience": 3})
+    assert env.reward_spec == RewardSpec(cost_weight=5.0)
+    assert env.collapse_rule == CollapseRule(patience=3)
+    with pytest.raises(ValueError, match="cost_weigh"):
+        digits(reward={"cost_weigh": 5.0})
+    with pytest.raises(ValueError, match="patience"):
+        digits(collapse={"patience": 0})
+
+
 def test_non_finite_training_is_a_collapse_not_an_exception() -> None:
     # A patient performance rule, so that only the non-finite path can end the episode.
     env = digits(max_steps=40, interventions=["weight_rescale"], levels=2,

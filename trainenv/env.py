@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,8 +63,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         interventions: Registry names on offer; default: all the trainer supports.
         levels: Magnitudes per intervention on the discrete menu.
         encoder: A fitted :class:`MetaStateEncoder` or a path to one (metastate only).
-        collapse: The collapse rule.
-        reward: The reward spec.
+        collapse: The collapse rule, or its fields as a mapping (validated; JSON/YAML configs).
+        reward: The reward spec, or its fields as a mapping (validated).
         checkpoint_every: With ``rollback`` on offer, the env keeps the run's last good fork,
             refreshed every this many steps while the run is healthy.
         deviation_in_obs: Append the deviation scores to the observation (needs an encoder
@@ -84,8 +84,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         interventions: Sequence[str] | None = None,
         levels: int = 3,
         encoder: MetaStateEncoder | str | Path | None = None,
-        collapse: CollapseRule | None = None,
-        reward: RewardSpec | None = None,
+        collapse: CollapseRule | Mapping[str, Any] | None = None,
+        reward: RewardSpec | Mapping[str, Any] | None = None,
         checkpoint_every: int = 10,
         deviation_in_obs: bool = False,
     ) -> None:
@@ -94,8 +94,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             check_positive_int(name, value)
         self.trainer = trainer
         self.k, self.max_steps, self.checkpoint_every = int(k), int(max_steps), checkpoint_every
-        self.collapse_rule = collapse or CollapseRule()
-        self.reward_spec = reward or RewardSpec()
+        self.collapse_rule = CollapseRule.model_validate(collapse or {})
+        self.reward_spec = RewardSpec.model_validate(reward or {})
         self.action_spec = _action_spec(action_mode, _interventions(trainer, interventions), levels)
         self.action_space = self.action_spec.space
         self.observation_mode = observation
