@@ -76,10 +76,7 @@ class PerturbationRange(BaseModel):
     @field_validator("name")
     @classmethod
     def _perturbation(cls, name: str) -> str:
-        if registry.get(name).role is not Role.PERTURBATION:
-            allowed = [i.name for i in registry.all_interventions() if i.role is Role.PERTURBATION]
-            raise ValueError(f"{name!r} is not a perturbation; perturbations: {allowed}")
-        return name
+        return registry.get_perturbation(name).name
 
     @model_validator(mode="after")
     def _in_range(self) -> PerturbationRange:

@@ -12,6 +12,8 @@ from trainenv.core import interventions as registry
 from trainenv.core.interventions import ROLLBACK_EVENT, Dimension, Intervention, Role
 from trainenv.trainers.supervised import SupervisedTrainer
 
+from .helpers import assert_changes_the_run
+
 
 def test_every_dimension_has_perturbations_and_the_registry_is_well_formed() -> None:
     interventions = registry.all_interventions()
@@ -39,6 +41,9 @@ def test_registry_rejects_bad_entries_and_unknown_names() -> None:
         registry.register(registry.get("lr_shock"))
     with pytest.raises(ValueError, match="unknown intervention 'nope'"):
         registry.get("nope")
+    assert registry.get_perturbation("lr_shock") is registry.get("lr_shock")
+    with pytest.raises(ValueError, match=r"'grad_clip' is not a perturbation; .*'lr_shock'"):
+        registry.get_perturbation("grad_clip")
 
 
 def test_supervised_trainer_supports_all_four_dimensions_and_the_stabilizers() -> None:
@@ -55,29 +60,9 @@ SUPERVISED = [
 ]
 
 
-def strongest(intervention: Intervention) -> float:
-    """Clipping and back-off bite hardest at their low end, everything else at the high end."""
-    return (
-        intervention.low if intervention.name in ("grad_clip", "lr_backoff") else intervention.high
-    )
-
-
 @pytest.mark.parametrize("intervention", SUPERVISED, ids=lambda i: i.name)
 def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
     env = gym.make("trainenv/Digits-MLP-v0", k=5, observation="telemetry",
                    action_mode="continuous").unwrapped  # fmt: skip
     env.reset(seed=1)
-    for _ in range(3):
-        env.step(env.action_spec.encode({}))
-    twin = env.fork()
-    magnitude = strongest(intervention)
-    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
-    twin_info = twin.step(env.action_spec.encode({}))[4]
-    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
-    if intervention.knob:
-        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
-        assert (
-            twin_info["knobs"][intervention.knob]
-            == env.trainer.knob_spec(intervention.knob).default
-        )
-    assert info["telemetry"] != twin_info["telemetry"]
+    assert_changes_the_run(env, intervention)

@@ -25,7 +25,7 @@ from trainenv.core.interventions import Intervention
 from trainenv.env import TrainEnv
 from trainenv.trainers.lm import MIN_LR_RATIO, CausalLMTrainer
 
-from .helpers import assert_same, rollout
+from .helpers import assert_changes_the_run, assert_same, rollout
 
 SMALL = {"batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1, "warmup": 4}
 
@@ -116,12 +116,6 @@ def test_a_large_learning_rate_shock_collapses_the_run_without_an_exception() ->
     assert reward == -env.reward_spec.collapse_penalty
 
 
-def strongest(intervention: Intervention) -> float:
-    """Stabilizers that bite hardest at their low end; everything else at the high end."""
-    low_end = ("grad_clip", "lr_backoff", "logit_softcap")
-    return intervention.low if intervention.name in low_end else intervention.high
-
-
 LM = list(registry.supported(CausalLMTrainer(**SMALL).targets))  # rollback: its own test
 
 
@@ -140,18 +134,7 @@ def test_the_trainer_covers_every_dimension_and_the_issue_interventions() -> Non
 def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
     env = continuous()
     env.reset(seed=1)
-    for _ in range(3):
-        env.step(env.action_spec.encode({}))
-    twin = env.fork()
-    magnitude = strongest(intervention)
-    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
-    twin_info = twin.step(env.action_spec.encode({}))[4]
-    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
-    if intervention.knob:
-        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
-        default = env.trainer.knob_spec(intervention.knob).default
-        assert twin_info["knobs"][intervention.knob] == default
-    assert info["telemetry"] != twin_info["telemetry"]
+    assert_changes_the_run(env, intervention)
 
 
 def test_rollback_restores_the_whole_run() -> None:

@@ -20,7 +20,7 @@ from trainenv.core.interventions import Intervention
 from trainenv.env import TrainEnv
 from trainenv.trainers.sb3 import SB3Trainer
 
-from .helpers import assert_same, rollout
+from .helpers import assert_changes_the_run, assert_same, rollout
 
 TINY_NET = {"net_arch": [16, 16]}
 TINY: dict[str, dict[str, Any]] = {
@@ -152,28 +152,11 @@ def test_the_ppo_trainer_supports_all_four_dimensions_and_its_stabilizers() -> N
     assert "label_noise" not in names
 
 
-def strongest(intervention: Intervention) -> float:
-    return (
-        intervention.low if intervention.name in ("grad_clip", "lr_backoff") else intervention.high
-    )
-
-
 @pytest.mark.parametrize("intervention", SUPPORTED, ids=lambda i: i.name)
 def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
     env = TrainEnv(tiny(seed=None), observation="telemetry", action_mode="continuous")
     env.reset(seed=1)
-    env.step(env.action_spec.encode({}))
-    twin = env.fork()
-    magnitude = strongest(intervention)
-    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
-    twin_info = twin.step(env.action_spec.encode({}))[4]
-    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
-    if intervention.knob:
-        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
-        assert env.trainer.knobs[intervention.knob] == info["knobs"][intervention.knob]
-        default = env.trainer.knob_spec(intervention.knob).default
-        assert twin_info["knobs"][intervention.knob] == default
-    assert info["telemetry"] != twin_info["telemetry"]
+    assert_changes_the_run(env, intervention, warmup=1)
 
 
 @pytest.mark.parametrize("knob", ["reward_noise", "reward_scale", "reward_flip"])

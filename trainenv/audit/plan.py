@@ -155,10 +155,7 @@ class InterventionGrid(BaseModel):
     @field_validator("name")
     @classmethod
     def _perturbation(cls, name: str) -> str:
-        if registry.get(name).role is not Role.PERTURBATION:
-            allowed = [i.name for i in registry.all_interventions() if i.role is Role.PERTURBATION]
-            raise ValueError(f"{name!r} is not a perturbation; perturbations: {allowed}")
-        return name
+        return registry.get_perturbation(name).name
 
     @model_validator(mode="after")
     def _grid(self) -> InterventionGrid:

@@ -127,6 +127,16 @@ def get(name: str) -> Intervention:
         ) from None
 
 
+def get_perturbation(name: str) -> Intervention:
+    """The registered perturbation ``name``; ``ValueError`` listing the perturbations if
+    ``name`` is unknown or a stabilizer."""
+    intervention = get(name)
+    if intervention.role is not Role.PERTURBATION:
+        allowed = [i.name for i in _REGISTRY.values() if i.role is Role.PERTURBATION]
+        raise ValueError(f"{name!r} is not a perturbation; perturbations: {allowed}")
+    return intervention
+
+
 def all_interventions() -> tuple[Intervention, ...]:
     return tuple(_REGISTRY.values())
 
