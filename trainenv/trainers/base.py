@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator
+from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator, torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 
 
@@ -193,6 +193,27 @@ def check_positive_int(name: str, value: int) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def apply_parameter_event(
+    name: str,
+    magnitude: float,
+    optimizers: Iterable[torch.optim.Optimizer],
+    params: list[torch.Tensor],
+    rng: np.random.Generator,
+) -> None:
+    """Apply ``name``, one of the events every torch trainer has (``optimizer_reset``,
+    ``weight_noise``, ``weight_rescale``), to ``optimizers``/``params``, drawing any noise
+    from ``rng`` (the event's perturbation stream)."""
+    if name == "optimizer_reset":
+        for optimizer in optimizers:
+            shrink_optimizer_state(optimizer, magnitude)
+    elif name == "weight_noise":
+        add_weight_noise(params, magnitude, torch_generator(rng))
+    elif name == "weight_rescale":
+        rescale_weights(params, magnitude)
+    else:
+        raise ValueError(f"{name!r} is not a shared parameter event")
 
 
 def add_weight_noise(params: Iterable[torch.Tensor], rel_std: float, rng: torch.Generator) -> None:

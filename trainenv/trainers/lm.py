@@ -33,12 +33,11 @@ from trainenv.core.rng import torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
-    add_weight_noise,
+    apply_parameter_event,
     check_positive_int,
     clip_and_measure,
     clone_tree,
     rescale_weights,
-    shrink_optimizer_state,
 )
 
 try:
@@ -234,18 +233,14 @@ class CausalLMTrainer(Trainer):
 
     def _apply_event(self, name: str, magnitude: float) -> None:
         rng = self.perturbation_rng(name)
-        if name == "optimizer_reset":
-            shrink_optimizer_state(self.optimizer, magnitude)
-        elif name == "warmup_restart":
+        if name == "warmup_restart":
             self._position = round(self._position * (1.0 - magnitude))
-        elif name == "weight_noise":
-            add_weight_noise(self._params, magnitude, torch_generator(rng))
-        elif name == "weight_rescale":
-            rescale_weights(self._params, magnitude)
         elif name == "layer_rescale":
             rescale_weights(self._block.parameters(), magnitude)
         elif name == "block_reset":
             _reset_block(self._model(), self._block, magnitude, torch_generator(rng))
+        else:
+            apply_parameter_event(name, magnitude, [self.optimizer], self._params, rng)
         self._weights = parameters_to_vector(self._params).detach()
 
     def _shared(self) -> Iterable[object]:

@@ -37,12 +37,10 @@ from trainenv.core.rng import perturbation_generator, torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
-    add_weight_noise,
     all_finite,
+    apply_parameter_event,
     clip_and_measure,
-    rescale_weights,
     reset_first_linear,
-    shrink_optimizer_state,
 )
 
 REWARD_NOISE = KnobSpec(
@@ -252,15 +250,10 @@ class SB3Trainer(Trainer):
     def _apply_event(self, name: str, magnitude: float) -> None:
         model = self._model()
         rng = self.perturbation_rng(name)
-        if name == "optimizer_reset":
-            for optimizer in _optimizers(model):
-                shrink_optimizer_state(optimizer, magnitude)
-        elif name == "weight_noise":
-            add_weight_noise(_weights(model), magnitude, torch_generator(rng))
-        elif name == "weight_rescale":
-            rescale_weights(_weights(model), magnitude)
-        elif name == "layer_reset":
+        if name == "layer_reset":
             reset_first_linear(model.policy, magnitude, torch_generator(rng))
+        else:
+            apply_parameter_event(name, magnitude, _optimizers(model), _weights(model), rng)
 
     def _shared(self) -> Iterable[object]:
         # The instance template is only ever copied from, never changed.

@@ -20,13 +20,11 @@ from trainenv.core.rng import perturbation_generator, torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
-    add_weight_noise,
+    apply_parameter_event,
     check_positive_int,
     clip_and_measure,
     clone_tree,
-    rescale_weights,
     reset_first_linear,
-    shrink_optimizer_state,
 )
 
 GRAD_NOISE = KnobSpec(
@@ -138,14 +136,10 @@ class SupervisedTrainer(Trainer):
 
     def _apply_event(self, name: str, magnitude: float) -> None:
         rng = self.perturbation_rng(name)
-        if name == "optimizer_reset":
-            shrink_optimizer_state(self.optimizer, magnitude)
-        elif name == "weight_noise":
-            add_weight_noise(self._params, magnitude, torch_generator(rng))
-        elif name == "weight_rescale":
-            rescale_weights(self._params, magnitude)
-        elif name == "layer_reset":
+        if name == "layer_reset":
             reset_first_linear(self._model(), magnitude, torch_generator(rng))
+        else:
+            apply_parameter_event(name, magnitude, [self.optimizer], self._params, rng)
         self._weights = parameters_to_vector(self._params).detach()
 
     def _shared(self) -> Iterable[object]:
