@@ -10,12 +10,17 @@ import functools
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import ROLLBACK_EVENT
 from trainenv.registration import ENTRY_POINTS
+
+if TYPE_CHECKING:
+    from trainenv.env import TrainEnv
+    from trainenv.trainers.base import Trainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -59,16 +64,17 @@ def render(text: str) -> str:
     """``text`` with every generated section replaced by its current rendering."""
     for name, make in SECTIONS.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
-        if not pattern.search(text):
+        section = pattern.search(text)
+        if section is None:
             raise ValueError(f"README has no <!-- {name}:begin/end --> section")
-        table = make()
-        text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
+        text = f"{text[: section.end(1)]}{make()}\n{text[section.start(2) :]}"
     return text
 
 
 @functools.cache
-def _trainer(env_id: str):  # type: ignore[no-untyped-def]
-    return gym.make(env_id, observation="telemetry").unwrapped.trainer
+def _trainer(env_id: str) -> Trainer:
+    env: TrainEnv = gym.make(env_id, observation="telemetry").unwrapped  # type: ignore[assignment]
+    return env.trainer
 
 
 def _env_targets(env_id: str) -> tuple[str, ...]:

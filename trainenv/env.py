@@ -72,6 +72,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
+    observation_space: spaces.Box
 
     def __init__(
         self,
@@ -234,12 +235,12 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         self._self_deviation_score = self._self_detector.update(self._latent)
 
     def _observe(self) -> np.ndarray:
-        if self.encoder is None:
-            body = squash(symlog(self._rows[-1]), OBS_BOUND) if len(self._rows) else None
-        else:
+        if self._latent is not None:  # meta-state observations
             body = self._latent
-        if body is None:
-            body = np.zeros(self.observation_space.shape[0] - 1)
+        elif len(self._rows):
+            body = squash(symlog(self._rows[-1]), OBS_BOUND)
+        else:  # telemetry before the first update
+            body = np.zeros(len(self.trainer.channels))
         if self.deviation_in_obs:
             scores = np.array([self._deviation, self._self_deviation_score])
             body = np.append(body, squash(scores, OBS_BOUND))

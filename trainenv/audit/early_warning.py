@@ -59,6 +59,7 @@ from trainenv.audit.warning import (
     calibrate_threshold,
 )
 from trainenv.core import interventions as registry
+from trainenv.core.actions import ContinuousMagnitudes
 from trainenv.core.collapse import CollapseRule, CollapseState
 from trainenv.env import TrainEnv
 
@@ -174,6 +175,7 @@ def simulate(task: Task) -> Trace:
     """Run one task through ``env.step`` and record its trace."""
     env = _env(task)
     spec = env.action_spec
+    assert isinstance(spec, ContinuousMagnitudes)  # _env asks for continuous actions
     if env.encoder is None or env.encoder.band_ is None:
         raise ValueError(f"{task.env}: the early-warning evaluation needs an encoder with a band")
     channels = [c.name for c in env.trainer.channels]
@@ -184,8 +186,11 @@ def simulate(task: Task) -> Trace:
     p0, rows, reason = info["p"], [], None
     d = env.encoder.n_components
     for step in range(1, env.max_steps + 1):
-        magnitude = task.ramp.magnitude(step) if task.ramp else None
-        action = spec.encode({} if magnitude is None else {task.ramp.intervention: magnitude})
+        ramp = task.ramp
+        magnitude = ramp.magnitude(step) if ramp else None
+        action = spec.encode(
+            {} if ramp is None or magnitude is None else {ramp.intervention: magnitude}
+        )
         obs, _, terminated, truncated, info = env.step(action)
         telemetry = info["telemetry"]
         rows.append((info["p"], info["deviation"], telemetry[loss], telemetry["grad_norm"],

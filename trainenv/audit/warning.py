@@ -130,7 +130,7 @@ class GradNormZScore(_EmaZ):
     def update(self, value: float) -> float:
         if not math.isfinite(value):
             return math.inf
-        z = self._z(np.float64(value))
+        z = self._z(np.asarray(value, dtype=np.float64))
         return 0.0 if z is None else float(z)
 
     def _absorbed(self, value: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ class Cusum(_EmaZ):
     def update(self, value: float) -> float:
         if not math.isfinite(value):
             return math.inf
-        z = self._z(np.float64(value))
+        z = self._z(np.asarray(value, dtype=np.float64))
         if z is not None:
             self._sum = max(0.0, self._sum + float(z) - self.drift)
         return self._sum
@@ -177,7 +177,7 @@ class SelfDeviation(_EmaZ):
     def __init__(self, threshold: float = 3.0, alpha: float = 0.9, warmup: int = 10) -> None:
         super().__init__(threshold, alpha, warmup)
 
-    def update(self, value: float | np.ndarray) -> float:  # type: ignore[override]
+    def update(self, value: float | np.ndarray) -> float:
         latent = np.atleast_1d(np.asarray(value, dtype=np.float64))
         if not np.isfinite(latent).all():
             return math.inf
@@ -219,6 +219,6 @@ class MetaStateDeviation(Detector):
     def reset(self) -> None:
         self._recent: deque[float] = deque(maxlen=self.persistence)
 
-    def update(self, value: float | None) -> float:  # type: ignore[override]
+    def update(self, value: float | None) -> float:
         self._recent.append(0.0 if value is None or math.isnan(value) else float(value))
         return min(self._recent) if len(self._recent) == self.persistence else 0.0

@@ -78,7 +78,7 @@ class ContinuousMagnitudes(ActionSpec):
     def encode(self, magnitudes: dict[str, float]) -> np.ndarray:
         """The action applying each named intervention at its magnitude (the rest off)."""
         names = [i.name for i in self.interventions]
-        action = np.full(self.space.shape, -1.0, np.float32)
+        action = np.full(len(self.interventions), -1.0, np.float32)
         for name, magnitude in magnitudes.items():
             if name not in names:
                 raise ValueError(f"intervention {name!r} is not in this action space: {names}")

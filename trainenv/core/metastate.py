@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -128,12 +129,13 @@ class MetaStateEncoder:
     def save(self, path: str | Path) -> None:
         """Save as plain arrays (``.npz``), never pickle."""
         weights, offset = self._fitted()
-        np.savez(
-            path, channels=np.array(self.channels), window=self.window, variance=self.variance,
+        arrays: dict[str, Any] = dict(
+            channels=np.array(self.channels), window=self.window, variance=self.variance,
             max_components=self.max_components, bound=self.bound, weights=weights,
             offset=offset, explained_variance_ratio=self.explained_variance_ratio_,
             **(self.band_.to_arrays() if self.band_ is not None else {}),
         )  # fmt: skip
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> MetaStateEncoder:

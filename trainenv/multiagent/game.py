@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from trainenv.core.actions import DiscreteMenu
+from trainenv.core.actions import ContinuousMagnitudes, DiscreteMenu
 from trainenv.core.interventions import Intervention, Role
 from trainenv.env import OBS_BOUND, TrainEnv
 
@@ -68,6 +68,8 @@ class PerturbStabilizeEnv(ParallelEnv):
             env_id, action_mode="continuous",
             interventions=[i.name for group in chosen.values() for i in group], **env_kwargs,
         ).unwrapped  # type: ignore[assignment]  # fmt: skip
+        assert isinstance(self.run.action_spec, ContinuousMagnitudes)  # asked for above
+        self._run_spec = self.run.action_spec
         self.budget = budget
         self.menus = {PERTURBER: DiscreteMenu(chosen[Role.PERTURBATION], levels)}
         if per_dimension:
@@ -108,9 +110,7 @@ class PerturbStabilizeEnv(ParallelEnv):
             else:
                 self._budget_left -= 1
         chosen = {i.name: m for applied in decoded.values() for i, m in applied}
-        obs, reward, terminated, truncated, info = self.run.step(
-            self.run.action_spec.encode(chosen)
-        )
+        obs, reward, terminated, truncated, info = self.run.step(self._run_spec.encode(chosen))
         agents = self.agents
         rewards = {a: (-reward if a == PERTURBER else reward) for a in agents}
         if terminated or truncated:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -181,7 +181,7 @@ def clone_tree(tree: Any) -> Any:
     return tree
 
 
-def clip_and_measure(params: list[torch.Tensor], max_norm: float) -> float:
+def clip_and_measure(params: Sequence[torch.Tensor], max_norm: float) -> float:
     """Clip the global gradient norm to ``max_norm`` (none at inf); return the norm before."""
     if math.isinf(max_norm):  # clip_grad_norm_ would still multiply every gradient by 1
         grads = [p.grad for p in params if p.grad is not None]
@@ -199,7 +199,7 @@ def apply_parameter_event(
     name: str,
     magnitude: float,
     optimizers: Iterable[torch.optim.Optimizer],
-    params: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
     rng: np.random.Generator,
 ) -> None:
     """Apply ``name``, one of the events every torch trainer has (``optimizer_reset``,
