@@ -153,6 +153,11 @@ class Task:
     interventions: tuple[str, ...]  # every ramp's intervention: one env serves all the tasks
     loss_channel: str | None = None  # default: the first of LOSS_CHANNELS the trainer has
 
+    @property
+    def scenario(self) -> str:
+        """:data:`REFERENCE` or the ramp's label (the :class:`Trace` keeps it)."""
+        return self.ramp.label if self.ramp else REFERENCE
+
 
 # -- simulation -------------------------------------------------------------------------------
 _ENVS: dict[str, TrainEnv] = {}  # per process: building a trainer is slow, reset is complete
@@ -203,7 +208,7 @@ def simulate(task: Task) -> Trace:
     return Trace(
         paradigm=task.paradigm,
         seed=task.seed,
-        scenario=task.ramp.label if task.ramp else REFERENCE,
+        scenario=task.scenario,
         k=env.k,
         p=values[:, 0],
         inputs={

@@ -37,8 +37,8 @@ from trainenv.audit.formatting import format_number as _num
 from trainenv.audit.formatting import format_table, pyplot, save_figure
 from trainenv.audit.metrics import bootstrap_ci
 from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
-from trainenv.audit.runner import run_audit
-from trainenv.audit.store import ResultStore
+from trainenv.audit.runner import run_audit, run_id
+from trainenv.audit.store import ResultStore, RunRecord
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 CONFIDENCE = 0.95
@@ -552,10 +552,11 @@ def run_findings(
 ) -> tuple[Path, Findings]:
     """Test the three claims and write ``report.md``, figures and data under ``out``.
 
-    Claim 3's runs go first (their traces are saved to ``out/data/claim3_traces.parquet`` as
-    soon as they are done); the audits behind claims 1 and 2 are stored under
-    ``out/audits/<paradigm>`` and resume if interrupted. Returns the report's path and the
-    results.
+    Claim 3's runs go first, each saved as it finishes under ``out/claim3`` (a results store:
+    one ``steps/`` table per trace) and gathered into ``out/data/claim3_traces.parquet``; the
+    audits behind claims 1 and 2 are stored under ``out/audits/<paradigm>``. Rerunning with
+    the same ``out`` resumes: finished runs of either kind are not run again. Returns the
+    report's path and the results.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
@@ -564,7 +565,7 @@ def run_findings(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     findings = Findings(config)
-    traces = simulate(config, workers, progress)
+    traces = simulate(config, workers, progress, ResultStore(out / "claim3"))
     (out / "data").mkdir(exist_ok=True)
     ew.traces_frame(traces).to_parquet(out / "data" / "claim3_traces.parquet", index=False)
     for paradigm in config.paradigms:
@@ -595,24 +596,40 @@ def _audit_claims(
         )
 
 
-def simulate(config: FindingsConfig, workers: int, progress: bool | None) -> list[ew.Trace]:
-    """Claim 3's runs of every paradigm, in parallel; sorted by paradigm, seed and scenario."""
+def simulate(
+    config: FindingsConfig, workers: int, progress: bool | None, store: ResultStore
+) -> list[ew.Trace]:
+    """Claim 3's runs of every paradigm, in parallel, each written to ``store`` as it finishes
+    (runs already there are read back, not rerun); sorted by paradigm, seed and scenario."""
     import sys
 
     from tqdm import tqdm
 
+    store.prepare()
     # The config lists paradigms cheapest first: submitting the costliest runs first keeps
     # the workers busy to the end.
     tasks = [t for p in reversed(config.paradigms) if 3 in p.claims for t in p.warning_tasks()]
-    traces = []
+    ids = {(t.paradigm, t.seed, t.scenario): _task_id(t) for t in tasks}
+    todo = [t for t in tasks if _task_id(t) not in store.finished()]
     disable = None if progress is None else not progress
     backend = make_backend("process" if workers > 1 else "serial", workers)
-    with tqdm(total=len(tasks), unit="run", desc="early warning", disable=disable,
-              file=sys.stderr) as bar, backend:  # fmt: skip
-        for trace in backend.map_unordered(ew.simulate, tasks):
-            traces.append(trace)
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), unit="run",
+              desc="early warning", disable=disable, file=sys.stderr) as bar, backend:  # fmt: skip
+        for trace in backend.map_unordered(ew.simulate, todo):
+            rid = ids[trace.paradigm, trace.seed, trace.scenario]
+            steps = ew.traces_frame([trace]).to_dict("records")
+            store.write(RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps))
             bar.update()
-    return sorted(traces, key=lambda t: (t.paradigm, t.seed, t.scenario))
+    return ew.read_traces(store.steps(ids.values()))
+
+
+def _task_id(task: ew.Task) -> str:
+    """A stable id of everything that determines a claim-3 run (so a changed config reruns)."""
+    return run_id({
+        "paradigm": task.paradigm, "env": task.env, "env_kwargs": dict(task.env_kwargs),
+        "seed": task.seed, "ramp": repr(task.ramp), "interventions": list(task.interventions),
+        "loss_channel": task.loss_channel,
+    })  # fmt: skip
 
 
 # -- the report ---------------------------------------------------------------------------------
