@@ -193,12 +193,12 @@ def test_quick_findings_report_verdicts_that_follow_from_its_data(tmp_path) -> N
         paradigm: F.verdict_warning(rows.set_index("detector").loc[ew.PRIMARY])
         for paradigm, rows in detectors.groupby("paradigm")
     }
-    assert reported[3] == claim3 and set(claim3) == {"supervised", "LM"}
+    assert reported[3] == claim3 and set(claim3) == {"supervised", "RL", "LM"}
 
     # A rerun into the same directory resumes: no run is redone, the verdicts are the same.
     runs = [f for sub in ("claim3", "audits") for f in (tmp_path / sub).rglob("*.parquet")]
     saved = {f: f.stat().st_mtime_ns for f in runs}
-    assert len(list((tmp_path / "claim3" / "runs").glob("*.parquet"))) == 6 * 7 + 3 * 3
+    assert len(list((tmp_path / "claim3" / "runs").glob("*.parquet"))) == 6 * 7 + 4 * 3 + 3 * 3
     assert cli.main(["findings", "--quick", "--out", str(tmp_path)]) == 0
     assert {f: f.stat().st_mtime_ns for f in saved} == saved
     assert reported_verdicts((tmp_path / "report.md").read_text()) == reported
