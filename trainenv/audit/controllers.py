@@ -19,14 +19,13 @@ Per controller: the mean of each over episodes with a percentile bootstrap CI ov
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from trainenv.audit.formatting import format_table, pyplot, save_figure
-from trainenv.audit.metrics import bootstrap_ci
+from trainenv.audit.metrics import mean_ci
 from trainenv.audit.store import ResultStore
 
 CONTROLLER = "controller"  # the ``kind`` of a controller-evaluation row
@@ -83,16 +82,9 @@ def summarize_controllers(
         for metric in METRICS:
             values = group[metric].to_numpy(dtype=float)
             row[metric] = float(values.mean())
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
-                partial(_resampled_means, values), len(values), n_boot, confidence
-            )
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_ci(values, n_boot, confidence)
         rows.append(row)
     return ControllerSummary(pd.DataFrame(rows), confidence)
-
-
-def _resampled_means(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` (shape ``(n,)``) over each resample of ``draws`` ``(B, n)``."""
-    return values[draws].mean(axis=1)
 
 
 def write_controller_report(

@@ -177,6 +177,16 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def mean_ci(
+    values: np.ndarray, n_boot: int = 1000, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-unit ``values`` (shape ``(n_units,)``; NaN units
+    are left out of each resample's mean)."""
+    return bootstrap_ci(
+        lambda draws: nanmean(values[draws], axis=1), len(values), n_boot, confidence
+    )
+
+
 def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     """``np.nanmean`` without the warning for all-NaN slices (they give NaN)."""
     with warnings.catch_warnings():

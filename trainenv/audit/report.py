@@ -13,7 +13,6 @@ intervention's: the smallest position among the dimension's interventions in the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from trainenv.audit.formatting import (
     pyplot,
     save_figure,
 )
-from trainenv.audit.metrics import Censoring, bootstrap_ci, margin, nanmean
+from trainenv.audit.metrics import Censoring, bootstrap_ci, margin, mean_ci, nanmean
 from trainenv.audit.store import ResultStore
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import Dimension
@@ -167,9 +166,7 @@ class _Grid:
                 values = self.per_seed[metric][:, j]
                 key = "collapse_rate" if metric == "collapsed" else metric
                 row[key] = float(nanmean(values, axis=0))
-                row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_ci(
-                    _resampled_mean(values), len(values), n_boot, confidence
-                )
+                row[f"{key}_lo"], row[f"{key}_hi"] = mean_ci(values, n_boot, confidence)
             row["recovery_time"] = float(np.median(at["recovery_time"]))
             out.append(row)
         return out
@@ -190,11 +187,6 @@ class _Grid:
             "grid": ", ".join(f"{m:g}" for m in self.magnitudes),
             "unit": registry.get(self.name).description,
         }
-
-
-def _resampled_mean(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """The bootstrap statistic "mean over the resampled seeds" of per-seed ``values``."""
-    return lambda draws: nanmean(values[draws], axis=1)
 
 
 def _profile_rows(recipe: str, grids: list[_Grid], n_boot: int, confidence: float) -> list[dict]:
