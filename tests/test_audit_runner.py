@@ -129,6 +129,17 @@ def test_duration_override_and_held_stabilizers(tmp_path: Path) -> None:
         assert held["applied"].str.contains("grad_clip=").all()
 
 
+def test_runs_on_raw_telemetry_observations_store_no_deviation(tmp_path: Path) -> None:
+    # Without a meta-state encoder the env reports no deviation scores (None in info).
+    plan = tiny_plan(env_kwargs={"observation": "telemetry"}, seeds=[0])
+    store = run_audit(plan, tmp_path, progress=False)
+    assert len(store.runs()) == 5
+    steps = store.steps()
+    assert "deviation" not in steps and "self_deviation" not in steps
+    width = len(gym.make("trainenv/Digits-MLP-v0").unwrapped.trainer.channels) + 1
+    assert {len(o) for o in steps["observation"]} == {width}
+
+
 def test_a_recipe_that_collapses_before_the_onset_is_recorded(tmp_path: Path) -> None:
     plan = tiny_plan(env_kwargs={"trainer_kwargs": {"lr": 1e30}}, seeds=[0])
     runs = run_audit(plan, tmp_path, progress=False).runs().set_index("kind")

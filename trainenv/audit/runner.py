@@ -189,7 +189,7 @@ def step_row(rid: str, step: int, obs: np.ndarray, info: dict[str, Any]) -> dict
         **{f"telemetry.{k}": float(v) for k, v in info["telemetry"].items()},
         "observation": np.asarray(obs, dtype=np.float32).tolist(),
         # the meta-state deviation scores (early-warning signals), where the env reports them
-        **{k: float(info[k]) for k in DEVIATION_KEYS if k in info},
+        **{k: float(info[k]) for k in DEVIATION_KEYS if info.get(k) is not None},
     }
 
 
