@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -104,6 +106,26 @@ def test_large_lr_shock_collapses_with_the_declared_penalty() -> None:
         if terminated:
             break
     assert terminated and info["collapse"] == "performance" and reward == -penalty
+
+
+class _NanAfter30Updates(SupervisedTrainer):
+    """A run whose performance becomes NaN (as a language model's loss can when it diverges)."""
+
+    def evaluate(self) -> float:
+        return math.nan if self.updates > 30 else super().evaluate()
+
+
+def test_a_non_finite_performance_is_p_zero_so_rewards_and_curves_stay_finite() -> None:
+    env = TrainEnv(_NanAfter30Updates(), k=5, max_steps=20, observation="telemetry")
+    env.reset(seed=0)
+    for _ in range(6):  # 30 updates of learning: the collapse rule arms
+        assert math.isfinite(env.step(0)[4]["performance"])
+    for _ in range(14):
+        _, reward, terminated, _, info = env.step(0)
+        assert math.isnan(info["performance"]) and info["p"] == 0.0 and math.isfinite(reward)
+        if terminated:
+            break
+    assert info["collapse"] == "performance"  # p = 0 stays below the rule's threshold
 
 
 def test_reward_and_collapse_accept_plain_mappings_validated_by_field() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     (:class:`~trainenv.core.collapse.CollapseRule`); ``truncated`` that ``max_steps`` steps
     were taken.
 
-    ``info`` holds ``performance`` (raw), ``p`` (normalised), ``best_p``, ``knobs`` (in
+    ``info`` holds ``performance`` (raw), ``p`` (normalised; 0 when the performance is not
+    finite), ``best_p``, ``knobs`` (in
     force after the step), ``active`` (knob interventions and the steps they have left),
     ``applied``, ``cost``, ``telemetry`` (latest row by channel), ``updates``,
     ``collapse`` (``None``, ``"non-finite"`` or ``"performance"``), and two meta-state
@@ -213,6 +215,8 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         return self._p >= self.collapse_rule.threshold(self._collapse_state.best)
 
     def _normalise(self, performance: float) -> float:
+        if not math.isfinite(performance):
+            return 0.0  # a diverged model has lost everything: metrics and curves stay finite
         floor, ceiling = self.trainer.performance_range
         return (performance - floor) / (ceiling - floor)
 
