@@ -86,8 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", type=Path, help="output .npz (default: where the env loads it)")
     calibrate.set_defaults(command=_calibrate, name="calibrate")
 
-    findings = sub.add_parser("findings", help="test the seed paper's three claims; write a report")
-    findings.add_argument("--quick", action="store_true", help="the few-minute version (CI)")
+    findings = sub.add_parser(
+        "findings",
+        help="test the seed paper's three claims; write a report (resumes if interrupted)",
+    )
+    findings.add_argument("--quick", action="store_true", help="the ~5-minute version (CI)")
     findings.add_argument("--out", type=Path, required=True, help="output directory")
     findings.add_argument("--workers", type=int, default=2, help="parallel workers (default 2)")
     findings.set_defaults(command=_findings, name="findings")
@@ -184,9 +187,15 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _findings(args: argparse.Namespace) -> int:
     import torch
 
-    from trainenv.audit.findings import run_findings
+    from trainenv.audit.findings import FULL_EXPECTED_MINUTES, run_findings
 
     torch.set_num_threads(1)
+    if not args.quick:
+        print(
+            f"the full version takes about {FULL_EXPECTED_MINUTES} min on 2 CPU cores "
+            f"(--quick: ~5 min); interrupted, it resumes from {args.out}",
+            flush=True,
+        )
     report, findings = run_findings(args.out, quick=args.quick, workers=args.workers)
     for claim, (_, verdict) in findings.verdicts().items():
         print(f"claim {claim}: {verdict}")
