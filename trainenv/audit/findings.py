@@ -619,7 +619,8 @@ def simulate(
     # the workers busy to the end.
     tasks = [t for p in reversed(config.paradigms) if 3 in p.claims for t in p.warning_tasks()]
     ids = {(t.paradigm, t.seed, t.scenario): _task_id(t) for t in tasks}
-    todo = [t for t in tasks if _task_id(t) not in store.finished()]
+    finished = store.finished()
+    todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
     disable = None if progress is None else not progress
     backend = make_backend("process" if workers > 1 else "serial", workers)
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), unit="run",
