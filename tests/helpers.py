@@ -10,6 +10,20 @@ import pytest
 from trainenv.core.interventions import Intervention
 from trainenv.env import TrainEnv
 
+OUTCOME_COLUMNS = [
+    "kind",
+    "intervention",
+    "magnitude",
+    "seed",
+    "drawdown",
+    "recovery_time",
+    "collapsed",
+    "area",
+    "final_gap",
+    "collapse_reason",
+]
+"""The columns of an audit's runs table that two runs of the same plan must agree on."""
+
 
 def rollout(env: TrainEnv, actions: list[Any], seed: int | None = None) -> list[tuple]:
     """Step ``env`` through ``actions`` (resetting first if ``seed`` is given); return per step

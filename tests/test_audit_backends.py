@@ -11,21 +11,10 @@ from trainenv.audit.backends import make_backend
 from trainenv.audit.runner import run_audit
 from trainenv.audit.store import ResultStore
 
+from .helpers import OUTCOME_COLUMNS
 from .test_audit_runner import tiny_plan
 
-COLUMNS = [
-    "kind",
-    "intervention",
-    "magnitude",
-    "seed",
-    "drawdown",
-    "recovery_time",
-    "collapsed",
-    "area",
-    "final_gap",
-    "collapse_reason",
-    "applied_magnitude",
-]
+COLUMNS = [*OUTCOME_COLUMNS, "applied_magnitude"]
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,8 @@ import pytest
 from trainenv.audit.runner import run_audit
 from trainenv.audit.store import ResultStore
 
+from .helpers import OUTCOME_COLUMNS
 from .test_audit_runner import tiny_plan
-
-METRICS = [
-    "kind",
-    "intervention",
-    "magnitude",
-    "seed",
-    "drawdown",
-    "recovery_time",
-    "collapsed",
-    "area",
-    "final_gap",
-    "collapse_reason",
-]
 
 
 def audit_command(plan: Path, out: Path) -> list[str]:
@@ -81,8 +69,8 @@ def test_killed_audit_resumes_without_loss_or_duplicates(tmp_path: Path) -> None
     assert not list(out.glob("*/.*"))  # no temporary files left
 
     clean = run_audit(plan, tmp_path / "clean", progress=False)
-    expected = clean.runs().set_index("run_id").sort_index()[METRICS]
-    pd.testing.assert_frame_equal(runs.set_index("run_id").sort_index()[METRICS], expected)
+    expected = clean.runs().set_index("run_id").sort_index()[OUTCOME_COLUMNS]
+    pd.testing.assert_frame_equal(runs.set_index("run_id").sort_index()[OUTCOME_COLUMNS], expected)
     steps = resumed.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
     clean_steps = clean.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
     pd.testing.assert_series_equal(steps["p"], clean_steps["p"])
