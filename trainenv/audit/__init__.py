@@ -11,8 +11,11 @@
 Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (paired runs),
 :mod:`~trainenv.audit.backends` (serial, local processes, Ray), :mod:`~trainenv.audit.store`
 (Parquet results), :mod:`~trainenv.audit.metrics` (stability metrics),
-:mod:`~trainenv.audit.report` (summary tables, Markdown and figures). Names load on first use,
-so ``import trainenv.audit`` stays light.
+:mod:`~trainenv.audit.report` (summary tables, Markdown and figures),
+:mod:`~trainenv.audit.controllers` (controller evaluations in the same format),
+:mod:`~trainenv.audit.warning` and :mod:`~trainenv.audit.early_warning` (early-warning
+detectors and their evaluation), :mod:`~trainenv.audit.findings` (the paper's three claims).
+Names load on first use, so ``import trainenv.audit`` stays light.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ _LAZY = {
     "summarize": "trainenv.audit.report",
     "format_summary": "trainenv.audit.report",
     "write_report": "trainenv.audit.report",
+    "summarize_controllers": "trainenv.audit.controllers",
+    "write_controller_report": "trainenv.audit.controllers",
 }
 __all__ = list(_LAZY)
 
