@@ -154,7 +154,6 @@ def test_collapse_onset_is_the_start_of_the_streak_that_fired() -> None:
     # Non-finite: the streak still running when training broke, else the last step.
     assert ew.collapse_onset(np.array([0.5, 0.9, 0.2, 0.0]), 0.0, RULE, "non-finite") == 3
     assert ew.collapse_onset(np.array([0.5, 0.9, 0.9]), 0.0, RULE, "non-finite") == 3
-    assert ew.collapse_onset(np.array([0.5, 0.9, 0.2, math.nan]), 0.0, RULE, "non-finite") == 3
 
 
 def test_lead_time_counts_from_the_first_alarm_within_the_horizon() -> None:

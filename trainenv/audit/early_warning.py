@@ -228,15 +228,13 @@ def collapse_onset(p: np.ndarray, p0: float, rule: CollapseRule, reason: str | N
 
     For a performance collapse, the first step of the streak below the threshold that made
     the rule fire; for a non-finite one, the first step of the streak below the threshold
-    still running when training went non-finite, else that last step. A non-finite ``p``
-    counts as 0 (a lost run).
+    still running when training went non-finite, else that last step.
     """
     if reason is None:
         return None
     state, start = CollapseState(best=p0), len(p)
     for t, value in enumerate(p, start=1):
-        value = float(value) if math.isfinite(value) else 0.0
-        state, fired = rule.update(state, value, diverged=False)
+        state, fired = rule.update(state, float(value), diverged=False)
         if state.below == 1:
             start = t
         if fired is not None:
