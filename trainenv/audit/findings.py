@@ -229,6 +229,14 @@ def _grid(**axes: Sequence[Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _ramps(
+    specs: Sequence[tuple[str, float, float]], steps: int, onset: int, keep: int | None = None
+) -> tuple[ew.Ramp, ...]:
+    """Ramps ``(intervention, start, end)`` over ``steps`` steps from ``onset``; the first
+    ``keep`` of them (all if ``None``)."""
+    return tuple(ew.Ramp(name, lo, hi, steps, onset) for name, lo, hi in specs[:keep])
+
+
 def _digits(quick: bool) -> Paradigm:
     lrs = (3e-4, 1e-3, 3e-3, 1e-2) if quick else (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     ramps = [("lr_shock", 2.0, 300.0), ("lr_shock", 2.0, 30.0), ("weight_noise", 0.01, 3.0),
@@ -248,7 +256,7 @@ def _digits(quick: bool) -> Paradigm:
         onset=10,
         horizon=20,
         seeds=4 if quick else 8,
-        ramps=tuple(ew.Ramp(name, lo, hi, steps=25, onset=10) for name, lo, hi in ramps),
+        ramps=_ramps(ramps, steps=25, onset=10),
         warning_seeds=6 if quick else 12,
         warning_horizon=10,
     )
@@ -274,9 +282,7 @@ def _tiny_lm(quick: bool) -> Paradigm:
         onset=10,
         horizon=20,
         seeds=4,
-        ramps=tuple(ew.Ramp(name, lo, hi, steps=15, onset=8) for name, lo, hi in ramps)[
-            : 2 if quick else None
-        ],
+        ramps=_ramps(ramps, steps=15, onset=8, keep=2 if quick else None),
         warning_seeds=3 if quick else 8,
         warning_horizon=5,
         claims=(3,) if quick else (1, 2, 3),
@@ -305,9 +311,7 @@ def _cartpole(quick: bool) -> Paradigm:
         onset=50,
         horizon=50,
         seeds=4,
-        ramps=tuple(ew.Ramp(name, lo, hi, steps=30, onset=40) for name, lo, hi in ramps)[
-            : 2 if quick else None
-        ],
+        ramps=_ramps(ramps, steps=30, onset=40, keep=2 if quick else None),
         warning_seeds=4 if quick else 6,
         warning_horizon=10,
         claims=(3,) if quick else (1, 2, 3),
