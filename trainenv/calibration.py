@@ -1,6 +1,6 @@
 """Fitting the meta-state encoder and its reference band on unperturbed reference runs.
 
-``trainenv calibrate ENV_ID [--seeds N]`` (or ``python -m trainenv.calibration``) refits the
+``trainenv calibrate ENV_ID [--seeds N]`` refits the
 encoder shipped for a registered environment; :func:`calibrate` does the same for a user's own
 ``TrainEnv``. The encoder carries the reference band of the latent trajectory
 (:class:`~trainenv.core.band.ReferenceBand`), from which the env computes ``info["deviation"]``.
@@ -8,8 +8,6 @@ encoder shipped for a registered environment; :func:`calibrate` does the same fo
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import gymnasium as gym
@@ -18,14 +16,11 @@ import numpy as np
 from trainenv.core.band import ReferenceBand
 from trainenv.core.metastate import MetaStateEncoder, window_features
 from trainenv.env import TrainEnv
+from trainenv.envs import encoder_path
 
-ENCODER_DIR = Path(__file__).parent / "data" / "encoders"
+__all__ = ["calibrate", "encoder_path", "reference_features", "reference_runs", "write_encoder"]
+
 REFERENCE_SEED_BASE = 1_000_000  # reference runs use seeds no audit or test uses by default
-
-
-def encoder_path(env_id: str) -> Path:
-    """Where the shipped encoder of a registered environment lives."""
-    return ENCODER_DIR / f"{env_id.split('/')[-1]}.npz"
 
 
 def reference_runs(env: TrainEnv, seeds: int, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -100,14 +95,3 @@ def write_encoder(
     out.parent.mkdir(parents=True, exist_ok=True)
     encoder.save(out)
     return encoder, out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trainenv.calibration ARGS`` is ``trainenv calibrate ARGS``."""
-    from trainenv.cli import main as cli_main
-
-    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,12 +5,20 @@ Registration records specs only; a trainer is built when ``gymnasium.make`` call
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from trainenv.calibration import encoder_path
 from trainenv.core.collapse import CollapseRule
 from trainenv.env import TrainEnv
 from trainenv.trainers.base import Trainer
+
+ENCODER_DIR = Path(__file__).parent / "data" / "encoders"
+
+
+def encoder_path(env_id: str) -> Path:
+    """Where the shipped encoder of a registered environment lives (``trainenv calibrate``
+    writes it there)."""
+    return ENCODER_DIR / f"{env_id.split('/')[-1]}.npz"
 
 
 def _make(
@@ -21,8 +29,8 @@ def _make(
         path = encoder_path(env_id)
         if not path.exists():
             raise FileNotFoundError(
-                f"no fitted encoder for {env_id} at {path}; run `python -m trainenv.calibration "
-                f"{env_id}` or pass observation='telemetry'"
+                f"no fitted encoder for {env_id} at {path}; run `trainenv calibrate {env_id}` "
+                "or pass observation='telemetry'"
             )
         kwargs["encoder"] = path
     return TrainEnv(trainer, **kwargs)
