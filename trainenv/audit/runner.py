@@ -4,9 +4,9 @@ The unit of work is a *group*: one recipe, seed and onset. A group resets the en
 seed and steps it ``onset`` times with no-ops (stabilizers held on), then forks it: the
 unperturbed branch continues with no-ops for the horizon (computed once and shared by every
 perturbation of the group), and each perturbed branch is a fork of the same onset state whose
-first steps carry the perturbation. Everything goes through ``env.step`` with scripted
-continuous actions, as any user of the env could do. Trainers draw perturbation noise from
-generators of their own, so both branches see the same training randomness (common random
+first steps carry the perturbation. Everything goes through ``env.intervene`` with scripted
+``{name: magnitude}`` mappings, as any user of the env could do. Trainers draw perturbation
+noise from generators of their own, so both branches see the same training randomness (common random
 numbers) and their difference is the perturbation's effect.
 """
 
@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
@@ -26,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from trainenv.audit.backends import Backend, make_backend
+from trainenv.audit.backends import make_backend
 from trainenv.audit.metrics import RunMetrics, run_metrics
 from trainenv.audit.plan import AuditPlan, Recipe
 from trainenv.audit.store import ResultStore, RunRecord
+from trainenv.audit.tasks import run_tasks
 from trainenv.core import interventions as registry
-from trainenv.core.actions import ContinuousMagnitudes
 from trainenv.env import TrainEnv
 
 BASELINE = "none"  # the ``intervention`` of an unperturbed branch
@@ -123,31 +122,27 @@ def run_group(group: Group) -> list[RunRecord]:
     """Run a group: the shared prefix, the unperturbed branch, every perturbed branch."""
     started = time.perf_counter()
     env = _env(group)
-    spec = env.action_spec
-    assert isinstance(spec, ContinuousMagnitudes)  # Recipe.make_env asks for continuous actions
     hold = {s.name: s.magnitude for s in group.recipe.stabilizers}
-    noop = spec.encode(hold)
 
     obs, info = env.reset(seed=group.seed)
     prefix = [step_row(group.baseline_id, 0, obs, info)]
     for t in range(1, group.onset + 1):
-        obs, _, terminated, _, info = env.step(noop)
+        obs, _, terminated, _, info = env.intervene(hold)
         prefix.append(step_row(group.baseline_id, t, obs, info))
         if terminated:
             return _prefix_collapsed(group, prefix, info["collapse"], started)
 
-    base = _branch(env, [noop] * group.horizon, group.onset, group.baseline_id)
+    base = _branch(env, [hold] * group.horizon, group.onset, group.baseline_id)
     records = []
     if group.write_baseline:
         records.append(RunRecord(_row(group, None, base, started), prefix + base.steps))
     for pert in group.perturbations:
         branch_started = time.perf_counter()
-        hit = spec.encode({**hold, pert.name: pert.magnitude})
-        actions = [hit] * pert.issues + [noop] * (group.horizon - pert.issues)
-        branch = _branch(env, actions, group.onset, pert.run_id)
+        hit = {**hold, pert.name: pert.magnitude}
+        schedule = [hit] * pert.issues + [hold] * (group.horizon - pert.issues)
+        branch = _branch(env, schedule, group.onset, pert.run_id)
         row = _row(group, pert, branch, branch_started, base)
-        # The magnitude the env applies (the action is float32, so not always the plan's).
-        row["applied_magnitude"] = next(m for i, m in spec.decode(hit) if i.name == pert.name)
+        row["applied_magnitude"] = branch.applied[pert.name]  # as the env reports it
         records.append(RunRecord(row, branch.steps))
     return records
 
@@ -157,21 +152,25 @@ class _Branch:
     steps: list[dict[str, Any]]
     p: np.ndarray  # shape (horizon,); 0 after a collapse
     collapse: str | None
+    applied: dict[str, float]  # what the env applied on the branch's first step
 
 
-def _branch(origin: TrainEnv, actions: list[np.ndarray], onset: int, rid: str) -> _Branch:
-    """Fork ``origin`` and step the fork through ``actions``, stopping at a collapse."""
+def _branch(origin: TrainEnv, schedule: list[dict[str, float]], onset: int, rid: str) -> _Branch:
+    """Fork ``origin`` and apply ``schedule`` (one ``{name: magnitude}`` per step) to the
+    fork, stopping at a collapse."""
     env = origin.fork()
-    steps, collapse = [], None
-    for h, action in enumerate(actions, start=1):
-        obs, _, terminated, _, info = env.step(action)
+    steps, collapse, applied = [], None, {}
+    for h, interventions in enumerate(schedule, start=1):
+        obs, _, terminated, _, info = env.intervene(interventions)
         steps.append(step_row(rid, onset + h, obs, info))
+        if h == 1:
+            applied = dict(info["applied"])
         if terminated:
             collapse = info["collapse"]
             break
-    p = np.zeros(len(actions))
+    p = np.zeros(len(schedule))
     p[: len(steps)] = [s["p"] for s in steps]
-    return _Branch(steps, p, collapse)
+    return _Branch(steps, p, collapse, applied)
 
 
 def step_row(rid: str, step: int, obs: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
@@ -287,9 +286,7 @@ def run_audit(
         progress: Show a progress bar (``None``: only on an interactive terminal).
         on_record: Called with each run as it is stored.
     """
-    from tqdm import tqdm
-
-    pool: Backend = make_backend(
+    pool = make_backend(
         backend or plan.backend,
         plan.resolved_workers() if workers is None else workers,
         address or plan.address,
@@ -300,22 +297,7 @@ def run_audit(
     (store.root / "plan.yaml").write_text(plan.to_yaml())
     groups = plan_groups(plan, store.finished())
     pending = sum(g.n_runs for g in groups)
-    disable = None if progress is None else not progress
-    with (
-        tqdm(
-            total=plan.n_runs,
-            initial=plan.n_runs - pending,
-            unit="run",
-            disable=disable,
-            file=sys.stderr,
-            desc="audit",
-        ) as bar,
-        pool,
-    ):
-        for records in pool.map_unordered(run_group, groups):
-            for record in records:
-                store.write(record)
-                if on_record is not None:
-                    on_record(record)
-            bar.update(len(records))
+    run_tasks(run_group, groups, store, list, backend=pool, total=plan.n_runs,
+              done=plan.n_runs - pending, desc="audit", progress=progress,
+              on_record=on_record)  # fmt: skip
     return store
