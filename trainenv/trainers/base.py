@@ -6,6 +6,7 @@ import abc
 import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,38 +17,110 @@ from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator, torch
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 
 
-class Trainer(abc.ABC):
-    """Owns one inner training run.
-
-    A subclass declares its telemetry ``channels``, its ``knob_specs`` and the one-off
-    ``events`` it supports, and implements the ``_reset``/``_advance``/``_apply_event`` hooks
-    and ``snapshot``/``restore``. The base class keeps the knobs, the run's own random state
-    (swapped in around all of the run's work) and the perturbation generators.
+@dataclass(frozen=True, kw_only=True)
+class TrainerSpec:
+    """What a trainer declares about its run, returned by :meth:`Trainer._declare`.
 
     Attributes:
         channels: Telemetry channels, in the column order of ``Telemetry.values``.
-        knob_specs: The run's live settings.
-        events: Names of the one-off events ``apply_event`` accepts.
         performance_range: ``(floor, ceiling)`` of ``evaluate()``: chance-level performance
-            and the best attainable. Environments normalise performance with it.
+            and the best attainable (finite, ``floor < ceiling``). Environments normalise
+            performance with it.
+        knobs: The run's live settings (what knob interventions act through).
+        events: Names of the one-off events ``apply_event`` accepts.
         rng_streams: The process-global generators the run draws from (``"torch"``,
             ``"numpy"``, ``"python"``); their states are the run's own and are swapped in
             around its work. Declare all three unless the trainer is sure (the default).
     """
 
     channels: tuple[ChannelSpec, ...]
-    knob_specs: tuple[KnobSpec, ...]
-    events: tuple[str, ...]
     performance_range: tuple[float, float]
+    knobs: tuple[KnobSpec, ...] = ()
+    events: tuple[str, ...] = ()
     rng_streams: tuple[str, ...] = ALL_STREAMS
 
+    def __post_init__(self) -> None:
+        for field in ("channels", "knobs", "events", "rng_streams"):
+            object.__setattr__(self, field, tuple(getattr(self, field)))
+        _check_unique("channels", [c.name for c in self.channels])
+        _check_unique("knobs and events", [k.name for k in self.knobs] + list(self.events))
+        floor, ceiling = (float(v) for v in self.performance_range)
+        if not (math.isfinite(floor) and math.isfinite(ceiling) and floor < ceiling):
+            raise ValueError(
+                f"performance_range must be finite (floor, ceiling) with floor < ceiling, "
+                f"got {self.performance_range}"
+            )
+        object.__setattr__(self, "performance_range", (floor, ceiling))
+        unknown = sorted(set(self.rng_streams) - set(ALL_STREAMS))
+        if unknown:
+            raise ValueError(f"rng_streams has unknown streams {unknown}; known: {ALL_STREAMS}")
+
+
+def _check_unique(field: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{field} must have unique names; repeated: {repeated}")
+
+
+class Trainer(abc.ABC):
+    """Owns one inner training run.
+
+    A subclass declares its run in :meth:`_declare` (channels, knobs, events, performance
+    range, RNG streams: a :class:`TrainerSpec`, read once by the constructor) and implements
+    the ``_reset``/``_advance``/``_apply_event`` hooks and ``snapshot``/``restore``. The base
+    class keeps the knobs, the run's own random state (swapped in around all of the run's
+    work) and the perturbation generators.
+
+    A subclass sets whatever its declaration depends on (its settings) before calling
+    ``super().__init__()``.
+
+    Attributes:
+        spec: The declaration (see :class:`TrainerSpec`); ``channels``, ``knob_specs``,
+            ``events``, ``performance_range`` and ``rng_streams`` read it.
+        seed: The seed of the current run (``None`` before the first ``reset``).
+        updates: Updates run since ``reset``.
+    """
+
     def __init__(self) -> None:
-        self._knobs = {s.name: s.default for s in self.knob_specs}
-        self._specs = {s.name: s for s in self.knob_specs}
+        spec = self._declare()
+        if not isinstance(spec, TrainerSpec):
+            raise TypeError(f"{type(self).__name__}._declare() must return a TrainerSpec")
+        self.spec = spec
+        self._specs = {s.name: s for s in spec.knobs}
+        self._knobs = {s.name: s.default for s in spec.knobs}
         self.seed: int | None = None
         self.updates = 0
         self._rng: RunRng | None = None
         self._perturbation_rngs: dict[str, np.random.Generator] = {}
+
+    @abc.abstractmethod
+    def _declare(self) -> TrainerSpec:
+        """The run's declaration; called once, by ``Trainer.__init__``."""
+
+    @property
+    def channels(self) -> tuple[ChannelSpec, ...]:
+        """Telemetry channels, in the column order of ``Telemetry.values``."""
+        return self.spec.channels
+
+    @property
+    def knob_specs(self) -> tuple[KnobSpec, ...]:
+        """The run's live settings."""
+        return self.spec.knobs
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """Names of the one-off events ``apply_event`` accepts."""
+        return self.spec.events
+
+    @property
+    def performance_range(self) -> tuple[float, float]:
+        """``(floor, ceiling)`` of ``evaluate()``."""
+        return self.spec.performance_range
+
+    @property
+    def rng_streams(self) -> tuple[str, ...]:
+        """The process-global generators whose states are the run's own."""
+        return self.spec.rng_streams
 
     # -- the protocol -------------------------------------------------------------------------
     def reset(self, seed: int) -> None:

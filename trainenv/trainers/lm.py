@@ -33,6 +33,7 @@ from trainenv.core.rng import torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
+    TrainerSpec,
     apply_parameter_event,
     check_positive_int,
     clip_and_measure,
@@ -64,6 +65,20 @@ LOGIT_SOFTCAP = KnobSpec(
 MIN_LR_RATIO = 0.1  # the cosine schedule decays to this fraction of the peak, then holds
 VAL_FRACTION = 0.1  # the last 10 % of the corpus's tokens are the validation split
 BYTE_VOCAB = 256
+CHANNELS = (
+    ChannelSpec("train_loss", "cross-entropy of the update's batch, nats per token"),
+    ChannelSpec("val_loss", "cross-entropy on the validation subset at the latest pass, nats"),
+    ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
+    ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
+    ChannelSpec("weight_norm", "global L2 norm of the weights"),
+    ChannelSpec("max_logit", "largest logit magnitude in the update's batch"),
+    ChannelSpec("token_entropy", "mean entropy of the next-token predictions, nats"),
+    ChannelSpec("lr", "learning rate in force"),
+)
+EVENTS = (
+    "optimizer_reset", "warmup_restart", "weight_noise", "weight_rescale", "layer_rescale",
+    "block_reset",
+)  # fmt: skip
 
 
 class CausalLMTrainer(Trainer):
@@ -106,21 +121,6 @@ class CausalLMTrainer(Trainer):
         model_config: Extra ``GPT2Config`` fields for the default model (e.g. ``n_layer``).
     """
 
-    channels = (
-        ChannelSpec("train_loss", "cross-entropy of the update's batch, nats per token"),
-        ChannelSpec("val_loss", "cross-entropy on the validation subset at the latest pass, nats"),
-        ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
-        ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
-        ChannelSpec("weight_norm", "global L2 norm of the weights"),
-        ChannelSpec("max_logit", "largest logit magnitude in the update's batch"),
-        ChannelSpec("token_entropy", "mean entropy of the next-token predictions, nats"),
-        ChannelSpec("lr", "learning rate in force"),
-    )
-    events = (
-        "optimizer_reset", "warmup_restart", "weight_noise", "weight_rescale", "layer_rescale",
-        "block_reset",
-    )  # fmt: skip
-
     def __init__(
         self,
         model: PreTrainedModel | None = None,
@@ -153,19 +153,12 @@ class CausalLMTrainer(Trainer):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if model is not None and model_config:
             raise ValueError("model_config configures the default model: pass it or model")
-        self.knob_specs = (
-            K.LR_SCALE, K.LR_BACKOFF, K.GRAD_CLIP, K.BATCH_SHRINK, K.LABEL_NOISE, TOKEN_CORRUPTION,
-            DOMAIN_SHIFT, SEQUENCE_SHUFFLE, LOSS_SCALE, Z_LOSS, LOGIT_SOFTCAP,
-            KnobSpec("dropout", float(dropout), 0.0, 0.95, "dropout probability of the model"),
-        )  # fmt: skip
-        super().__init__()
         self.lr, self.batch_size, self.seq_len = float(lr), int(batch_size), int(seq_len)
         self.warmup, self.total_updates = int(warmup), int(total_updates)
         self.weight_decay, self.eval_every = float(weight_decay), int(eval_every)
         self._config = _default_config(seq_len, dropout, model_config) if model is None else None
         self._template = None if model is None else _checked_model(model, seq_len, tokenizer)
-        vocab = (self._config or self._template.config).vocab_size  # type: ignore[union-attr]
-        self.performance_range = (-math.log(vocab), 0.0)
+        self.dropout = float(dropout)
         self._n_tokens = BYTE_VOCAB if tokenizer is None else len(tokenizer)
         self._data = _Corpus(_texts(text, "text") if text is not None else _pydoc_texts(),
                              tokenizer, seq_len + 1)  # fmt: skip
@@ -173,6 +166,30 @@ class CausalLMTrainer(Trainer):
         self._shift = _Corpus(shift, tokenizer, seq_len + 1)
         self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches))
         self.model: PreTrainedModel | None = None
+        super().__init__()
+
+    def _declare(self) -> TrainerSpec:
+        vocab = (self._config or self._template.config).vocab_size  # type: ignore[union-attr]
+        dropout = KnobSpec("dropout", self.dropout, 0.0, 0.95, "dropout probability of the model")
+        return TrainerSpec(
+            channels=CHANNELS,
+            knobs=(
+                K.LR_SCALE,
+                K.LR_BACKOFF,
+                K.GRAD_CLIP,
+                K.BATCH_SHRINK,
+                K.LABEL_NOISE,
+                TOKEN_CORRUPTION,
+                DOMAIN_SHIFT,
+                SEQUENCE_SHUFFLE,
+                LOSS_SCALE,
+                Z_LOSS,
+                LOGIT_SOFTCAP,
+                dropout,
+            ),
+            events=EVENTS,
+            performance_range=(-math.log(vocab), 0.0),  # a uniform guess to a perfect one
+        )
 
     # -- protocol -----------------------------------------------------------------------------
     def _reset(self, seed: int) -> None:

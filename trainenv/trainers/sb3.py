@@ -37,6 +37,7 @@ from trainenv.core.rng import perturbation_generator, torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
+    TrainerSpec,
     all_finite,
     apply_parameter_event,
     clip_and_measure,
@@ -154,8 +155,6 @@ class SB3Trainer(Trainer):
             number; default known for ``CartPole-v1``, 1 (raw observation units) otherwise.
     """
 
-    events = ("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset")
-
     def __init__(
         self,
         algo: str | type[BaseAlgorithm] | BaseAlgorithm = "PPO",
@@ -173,7 +172,7 @@ class SB3Trainer(Trainer):
         self.n_envs = _n_envs(n_envs, self._template)
         self.perf_episodes = _check_int("perf_episodes", perf_episodes, high=100)
         defaults = _ENV_DEFAULTS.get(env_id, {})
-        self.performance_range = _performance_range(
+        self._performance_range = _performance_range(
             performance_range or defaults.get("performance_range"), env_id
         )
         observation_space = _observation_space(env_id)
@@ -186,13 +185,18 @@ class SB3Trainer(Trainer):
         )
         self.steps_per_update = self._steps_per_update(steps_per_update)
         self._batch_size: int | None = self._setting("batch_size")
-        loss_channels = _loss_channels(self.algo_class)
-        self._loss_keys = tuple(c.name for c in loss_channels)
-        self.channels = loss_channels + _COMMON_CHANNELS
-        self.knob_specs = self._declare_knobs()
-        super().__init__()
+        self._loss_keys = tuple(c.name for c in _loss_channels(self.algo_class))
         self.model: BaseAlgorithm | None = None
+        super().__init__()
         self._last_row = np.zeros(len(self.channels))
+
+    def _declare(self) -> TrainerSpec:
+        return TrainerSpec(
+            channels=_loss_channels(self.algo_class) + _COMMON_CHANNELS,
+            knobs=self._declare_knobs(),
+            events=("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset"),
+            performance_range=self._performance_range,
+        )
 
     # -- protocol -----------------------------------------------------------------------------
     def _reset(self, seed: int) -> None:
@@ -633,17 +637,13 @@ def _n_envs(n_envs: int | None, template: BaseAlgorithm | None) -> int:
 
 
 def _performance_range(value: tuple[float, float] | None, env_id: str) -> tuple[float, float]:
+    """``value`` (validated by :class:`TrainerSpec`), required where the env is unknown."""
     if value is None:
         raise ValueError(
             f"performance_range is required for env_id {env_id!r}: pass (floor, ceiling) of "
             f"its episode return (known only for {sorted(_ENV_DEFAULTS)})"
         )
-    floor, ceiling = (float(v) for v in value)
-    if not (math.isfinite(floor) and math.isfinite(ceiling) and floor < ceiling):
-        raise ValueError(
-            f"performance_range must be finite (floor, ceiling), floor < ceiling; got {value}"
-        )
-    return floor, ceiling
+    return value
 
 
 def _observation_space(env_id: str) -> spaces.Space:

@@ -20,6 +20,7 @@ from trainenv.core.rng import perturbation_generator, torch_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import (
     Trainer,
+    TrainerSpec,
     apply_parameter_event,
     check_positive_int,
     clip_and_measure,
@@ -29,6 +30,15 @@ from trainenv.trainers.base import (
 
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
+)
+CHANNELS = (
+    ChannelSpec("train_loss", "cross-entropy of the update's mini-batch, nats"),
+    ChannelSpec("val_loss", "cross-entropy on the validation split at the latest pass, nats"),
+    ChannelSpec("val_accuracy", "accuracy on the validation split at the latest pass"),
+    ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
+    ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
+    ChannelSpec("weight_norm", "global L2 norm of the weights"),
+    ChannelSpec("lr", "learning rate in force"),
 )
 
 
@@ -44,23 +54,6 @@ class SupervisedTrainer(Trainer):
         val_fraction: Share of the data held out for validation (a fixed split, the same for
             every seed: the seed varies the run, not the task).
     """
-
-    channels = (
-        ChannelSpec("train_loss", "cross-entropy of the update's mini-batch, nats"),
-        ChannelSpec("val_loss", "cross-entropy on the validation split at the latest pass, nats"),
-        ChannelSpec("val_accuracy", "accuracy on the validation split at the latest pass"),
-        ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
-        ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
-        ChannelSpec("weight_norm", "global L2 norm of the weights"),
-        ChannelSpec("lr", "learning rate in force"),
-    )
-    knob_specs = (
-        K.LR_SCALE, K.LR_BACKOFF, K.GRAD_CLIP, K.BATCH_SHRINK, K.INPUT_NOISE, K.INPUT_SHIFT,
-        K.LABEL_NOISE, GRAD_NOISE,
-    )  # fmt: skip
-    events = ("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset")
-    performance_range = (0.1, 1.0)
-    rng_streams = ("torch",)  # initialisation and data order; perturbations have their own
 
     def __init__(
         self,
@@ -78,11 +71,29 @@ class SupervisedTrainer(Trainer):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty sequence of widths >= 1, got {hidden}")
-        super().__init__()
         self.hidden = tuple(int(h) for h in hidden)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
         self._data = _DigitsData(val_fraction)
         self.model: nn.Module | None = None
+        super().__init__()
+
+    def _declare(self) -> TrainerSpec:
+        return TrainerSpec(
+            channels=CHANNELS,
+            knobs=(
+                K.LR_SCALE,
+                K.LR_BACKOFF,
+                K.GRAD_CLIP,
+                K.BATCH_SHRINK,
+                K.INPUT_NOISE,
+                K.INPUT_SHIFT,
+                K.LABEL_NOISE,
+                GRAD_NOISE,
+            ),
+            events=("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset"),
+            performance_range=(0.1, 1.0),  # chance (10 classes) to perfect accuracy
+            rng_streams=("torch",),  # initialisation and data order; perturbations have their own
+        )
 
     # -- protocol -----------------------------------------------------------------------------
     def _reset(self, seed: int) -> None:

@@ -1,0 +1,79 @@
+"""The trainer base classes: declarations, snapshots, divergence, seeds and threads, with a
+minimal trainer written from the public names only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainenv.core.knobs import LR_SCALE
+from trainenv.core.telemetry import ChannelSpec, Telemetry
+from trainenv.trainers.base import Trainer, TrainerSpec
+
+LOSS = ChannelSpec("loss", "a number")
+
+
+class Counter(Trainer):
+    """A run that counts: its whole state is one integer."""
+
+    def __init__(self, performance_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.range = performance_range
+        super().__init__()
+
+    def _declare(self) -> TrainerSpec:
+        return TrainerSpec(channels=(LOSS,), knobs=(LR_SCALE,), events=("bump",),
+                           performance_range=self.range)  # fmt: skip
+
+    def _reset(self, seed: int) -> None:
+        self.count = 0
+
+    def _advance(self, k: int) -> Telemetry:
+        self.count += k
+        return Telemetry(np.full((k, 1), float(self.count)))
+
+    def _apply_event(self, name: str, magnitude: float) -> None:
+        self.count += 100
+
+    def evaluate(self) -> float:
+        return 0.5
+
+    def snapshot(self) -> int:
+        return self.count
+
+    def restore(self, snapshot: int) -> None:
+        self.count = snapshot
+
+
+def test_the_declaration_comes_from_one_hook_and_is_readable_by_name() -> None:
+    trainer = Counter((-1.0, 2.0))
+    assert trainer.channels == (LOSS,) and trainer.knob_specs == (LR_SCALE,)
+    assert trainer.events == ("bump",) and trainer.performance_range == (-1.0, 2.0)
+    assert trainer.spec.rng_streams == ("torch", "numpy", "python")
+    assert trainer.knobs == {"lr_scale": 1.0} and trainer.targets == ("lr_scale", "bump")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"performance_range": (1.0, 1.0)}, "performance_range must be finite"),
+        ({"performance_range": (0.0, math.inf)}, "performance_range must be finite"),
+        ({"channels": (LOSS, LOSS)}, r"channels must have unique names; repeated: \['loss'\]"),
+        ({"events": ("lr_scale",)}, "knobs and events must have unique names"),
+        ({"rng_streams": ("jax",)}, r"unknown streams \['jax'\]"),
+    ],
+)
+def test_a_bad_declaration_raises_naming_the_field(kwargs: dict, match: str) -> None:
+    fields = {"channels": (LOSS,), "knobs": (LR_SCALE,), "performance_range": (0.0, 1.0)}
+    with pytest.raises(ValueError, match=match):
+        TrainerSpec(**{**fields, **kwargs})
+
+
+def test_a_declaration_that_is_not_a_spec_is_a_type_error() -> None:
+    class Broken(Counter):
+        def _declare(self) -> TrainerSpec:
+            return {"channels": (LOSS,)}  # type: ignore[return-value]
+
+    with pytest.raises(TypeError, match="must return a TrainerSpec"):
+        Broken()
