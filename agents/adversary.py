@@ -3,8 +3,8 @@
 A :class:`ScheduleDistribution` declares which perturbations may strike, how hard, how many
 times and when. Each episode :class:`AdversaryWrapper` draws a run seed and a schedule seed from
 its :class:`SeedSplit`, samples the schedule (random onsets, dimensions and magnitudes) and
-applies its shocks through the same ``env.step`` as the agent's stabilizers, by combining both
-into one continuous action of the inner :class:`~trainenv.env.TrainEnv` (as
+applies its shocks in the same step as the agent's stabilizers: both go to the inner
+:class:`~trainenv.TrainEnv` together through ``intervene`` (as
 :class:`~trainenv.multiagent.PerturbStabilizeEnv` does). The agent acts on stabilizers only and
 observes what the run's telemetry shows; the schedule itself is never in the observation.
 
@@ -30,7 +30,6 @@ from agents.encoding import unwrap
 from trainenv.core import interventions as registry
 from trainenv.core.actions import ActionSpec, ContinuousMagnitudes, DiscreteMenu
 from trainenv.core.interventions import Dimension, Intervention, Role
-from trainenv.env import TrainEnv
 
 AgentActions = Literal["discrete", "continuous"]
 _DIMENSION_ORDER = tuple(Dimension)
@@ -143,14 +142,13 @@ class ScheduleDistribution(BaseModel):
 
     @classmethod
     def for_env(cls, env: Any, shocks: tuple[int, int] = (1, 3)) -> ScheduleDistribution:
-        """A default for ``env``: every perturbation its trainer supports, over the upper half
+        """A default for ``env``: every perturbation it offers, over the upper half
         of its registered range; onsets between 20 % and 80 % of the episode, 5 steps apart
         (fewer than ``shocks[1]`` shocks per episode where a short episode has no room)."""
         inner = unwrap(env)
-        supported = registry.supported(inner.trainer.targets)
         ranges = [
             PerturbationRange(name=i.name, low=i.magnitude(0.5), high=i.high)
-            for i in supported
+            for i in inner.interventions
             if i.role is Role.PERTURBATION
         ]
         first, last = inner.max_steps // 5, (4 * inner.max_steps) // 5
@@ -260,9 +258,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         split: SeedSplit = TRAIN_SPLIT,
     ) -> None:
         inner = unwrap(env)
-        if not isinstance(inner.action_spec, ContinuousMagnitudes):
-            raise ValueError("env: needs action_mode='continuous' (shocks and stabilizers combine)")
-        offered = {i.name: i for i in inner.action_spec.interventions}
+        offered = {i.name: i for i in inner.interventions}
         missing = [n for n in distribution.names if n not in offered]
         if missing:
             raise ValueError(
@@ -281,7 +277,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )  # fmt: skip
         gym.Wrapper.__init__(self, env)
         self.distribution, self.split = distribution, split
-        self._inner_spec: ContinuousMagnitudes = inner.action_spec
+        self._inner = inner
         self.action_space = self.agent_spec.space
         self.schedule: AdversarialSchedule | None = None
         self._rng: np.random.Generator | None = None
@@ -315,13 +311,12 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Step with the agent's action (an element of ``action_space``)."""
-        return self._step({i.name: m for i, m in self.agent_spec.decode(action)})
+        return self._step(self.agent_spec.decode(action))
 
     def step_inner(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Step with an action of the inner env's space, as :func:`agents.encode` and the
         controllers of :mod:`agents.rules` build it; it may apply the agent's stabilizers only."""
-        applied = {i.name: m for i, m in self._inner_spec.decode(action)}
-        return self._step(applied)
+        return self._step(self._inner.action_spec.decode(action))
 
     def _step(
         self, stabilizers: Mapping[str, float]
@@ -336,9 +331,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             )
         shocks = self.schedule.at(self._step_index)
         self._step_index += 1
-        action = self._inner_spec.encode({**stabilizers, **shocks})
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, float(reward), terminated, truncated, info
+        return self._inner.intervene({**stabilizers, **shocks})
 
 
 def _stabilizers(
@@ -381,19 +374,17 @@ def make_adversarial_env(
 ) -> AdversaryWrapper:
     """Build ``env_id`` (with ``env_kwargs``) under an adversary.
 
-    The inner env gets continuous actions over the distribution's perturbations and the
-    agent's stabilizers (default distribution: :meth:`ScheduleDistribution.for_env`; default
-    stabilizers: all the run supports). See :class:`AdversaryWrapper` for the other arguments.
+    The inner env (built once) offers every intervention the run supports, with continuous
+    actions so that :meth:`AdversaryWrapper.step_inner` can combine stabilizers (default
+    distribution: :meth:`ScheduleDistribution.for_env`; default stabilizers: all the run
+    supports). See :class:`AdversaryWrapper` for the other arguments.
     """
     reserved = sorted(set(env_kwargs) & {"action_mode", "interventions"})
     if reserved:
         raise ValueError(f"env_kwargs: {reserved} are set by the adversary wrapper")
-    probe: TrainEnv = gym.make(env_id, **env_kwargs).unwrapped  # type: ignore[assignment]
+    env = gym.make(env_id, action_mode="continuous", **env_kwargs)
     if distribution is None:
-        distribution = ScheduleDistribution.for_env(probe)
-    offered = {i.name: i for i in probe.action_spec.interventions}
-    names = [*distribution.names, *(i.name for i in _stabilizers(offered, stabilizers))]
-    env = gym.make(env_id, action_mode="continuous", interventions=names, **env_kwargs)
+        distribution = ScheduleDistribution.for_env(env)
     return AdversaryWrapper(
         env,
         distribution,

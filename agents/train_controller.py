@@ -196,8 +196,7 @@ class PolicyController:
 
     def act(self, obs: Any, info: Mapping[str, Any]) -> Any:
         action, _ = self.model.predict(obs, deterministic=self.deterministic)
-        chosen = {i.name: m for i, m in self.env.agent_spec.decode(action)}
-        return encode(self.env, chosen)
+        return encode(self.env, self.env.agent_spec.decode(action))
 
 
 def load_config(directory: str | Path) -> ControllerConfig:

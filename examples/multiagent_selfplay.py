@@ -76,8 +76,8 @@ class OneSide(gym.Env):
 def scripted_perturber(game: PerturbStabilizeEnv) -> Policy:
     """The largest learning-rate shock on :data:`SHOCK_STEPS`, nothing otherwise. The step is
     read off the observation's progress component (``step / max_steps``, second to last)."""
-    menu = game.menus[PERTURBER].menu
-    _, shock = max((e[1], i) for i, e in enumerate(menu) if e and e[0].name == "lr_shock")
+    menu = game.menus[PERTURBER]
+    shock = menu.index("lr_shock", max(e["lr_shock"] for e in menu.entries if "lr_shock" in e))
     max_steps = game.run.max_steps
     return lambda obs: shock if round(float(obs[-2]) * max_steps) in SHOCK_STEPS else 0
 

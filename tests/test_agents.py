@@ -28,7 +28,7 @@ def infos(channel: str, values, **extra) -> list[dict]:
 
 
 def decoded(env, action) -> dict[str, float]:
-    return {i.name: m for i, m in env.unwrapped.action_spec.decode(action)}
+    return env.unwrapped.action_spec.decode(action)
 
 
 def fired_at(controller, stream) -> list[int]:

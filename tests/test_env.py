@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import trainenv  # noqa: F401  (registers the environments)
+from trainenv.core import interventions as registry
 from trainenv.core.collapse import CollapseRule
 from trainenv.core.reward import RewardSpec
 from trainenv.env import TrainEnv
@@ -88,9 +89,7 @@ def test_envs_stepped_alternately_match_each_alone() -> None:
 
 def lr_shock_action(env: TrainEnv) -> int:
     """The discrete action of the largest learning-rate shock on the menu."""
-    entries = [(m, i) for i, e in enumerate(env.action_spec.menu) if e for m in [e[1]]
-               if e[0].name == "lr_shock"]  # fmt: skip
-    return max(entries)[1]
+    return env.action_spec.index("lr_shock", registry.get("lr_shock").high)
 
 
 def test_large_lr_shock_collapses_with_the_declared_penalty() -> None:
@@ -159,7 +158,7 @@ def test_knob_interventions_last_their_duration_then_expire() -> None:
     env = digits()
     env.reset(seed=0)
     shock = lr_shock_action(env)
-    duration = env.action_spec.menu[shock][0].duration
+    duration = registry.get("lr_shock").duration
     for step in range(duration + 1):
         info = env.step(shock if step == 0 else 0)[4]
         in_force = step < duration
@@ -178,9 +177,8 @@ def test_unperturbed_digits_run_learns_without_collapsing() -> None:
 
 def test_rollback_restores_the_last_good_fork() -> None:
     env = digits(max_steps=30, checkpoint_every=4)
-    menu = env.action_spec.menu
-    noise = max(i for i, e in enumerate(menu) if e and e[0].name == "weight_noise")
-    rollback = next(i for i, e in enumerate(menu) if e and e[0].name == "rollback")
+    noise = env.action_spec.index("weight_noise", registry.get("weight_noise").high)
+    rollback = env.action_spec.index("rollback")
     rollout(env, [0] * 4, seed=2)  # the checkpoint is taken after step 4
     reference = rollout(env.fork(), [0])
     rollout(env, [noise])

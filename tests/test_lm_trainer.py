@@ -61,7 +61,7 @@ def test_gymnasium_and_sb3_checkers_pass(action_mode: str, observation: str) -> 
 
 def test_same_seed_and_actions_give_bit_identical_trajectories() -> None:
     env = tiny_lm(observation="telemetry")
-    menu = [entry[0].name if entry else None for entry in env.action_spec.menu]
+    menu = [next(iter(entry), None) for entry in env.action_spec.entries]
     shock, dropout = menu.index("lr_shock"), menu.index("dropout")
     actions = [0, shock, 0, dropout, 0, 0]
     first = rollout(env, actions, seed=3)

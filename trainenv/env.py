@@ -13,8 +13,9 @@ import numpy as np
 from gymnasium import spaces
 
 from trainenv.core import interventions as registry
-from trainenv.core.actions import ActionSpec, Applied, ContinuousMagnitudes, DiscreteMenu
+from trainenv.core.actions import ActionSpec, ContinuousMagnitudes, DiscreteMenu, Magnitudes
 from trainenv.core.collapse import CollapseRule, CollapseState
+from trainenv.core.deviation import SelfDeviation
 from trainenv.core.interventions import ROLLBACK_EVENT, Intervention
 from trainenv.core.metastate import MetaStateEncoder, squash, symlog
 from trainenv.core.reward import RewardSpec
@@ -23,6 +24,7 @@ from trainenv.trainers.base import Trainer, check_positive_int
 ActionMode = Literal["discrete", "continuous"]
 ObservationMode = Literal["metastate", "telemetry"]
 OBS_BOUND = 10.0
+StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
 
 
 class TrainEnv(gym.Env[np.ndarray, Any]):
@@ -54,7 +56,10 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     the Mahalanobis distance of the latent from the encoder's reference band at the same number
     of updates (:class:`~trainenv.core.band.ReferenceBand`; ``None`` if it has none), and
     ``self_deviation``, its distance from the run's own recent latents, which needs no
-    reference runs (:class:`~trainenv.audit.warning.SelfDeviation`).
+    reference runs (:class:`~trainenv.core.deviation.SelfDeviation`).
+
+    Interventions can also be applied by name: ``intervene({"lr_shock": 100.0})`` is the
+    step whose action applies them (``step(action)`` decodes the action, then intervenes).
 
     Args:
         trainer: The run.
@@ -112,18 +117,24 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         width = (self.encoder.n_components if self.encoder else len(trainer.channels)) + 1
         width += 2 * self.deviation_in_obs
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (width,), np.float32)
-        self._rollback = any(i.event == ROLLBACK_EVENT for i in self.action_spec.interventions)
+        self._rollback = any(i.event == ROLLBACK_EVENT for i in self.interventions)
         self._window = self.encoder.window if self.encoder else 1
-        self._self_detector = _self_deviation_detector() if self.encoder else None
+        self._self_detector = SelfDeviation() if self.encoder else None
         self._started = False
 
     # -- gymnasium API ------------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
+        previous = (self._np_random, self._np_random_seed)
+        super().reset(seed=seed)  # validates the seed
         run_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
-        self.trainer.reset(run_seed)
+        try:
+            self.trainer.reset(run_seed)
+        except BaseException:
+            # A reset that fails leaves the env as it was (the trainer validates before it acts).
+            self._np_random, self._np_random_seed = previous
+            raise
         self._steps = 0
         self._rows = np.zeros((0, len(self.trainer.channels)))
         self._active: dict[str, tuple[str, float, int]] = {}  # knob -> (name, magnitude, left)
@@ -132,12 +143,28 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         self._checkpoint = self.trainer.snapshot() if self._rollback else None
         self._reset_metastate()
         self._started = True
-        return self._observe(), self._info([], 0.0, None)
+        return self._observe(), self._info({}, 0.0, None)
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if not self._started:
-            raise RuntimeError("call reset() before step()")
-        applied = self.action_spec.decode(action)  # raises before the run is touched
+    def step(self, action: Any) -> StepResult:
+        """Decode ``action`` (``ValueError`` before the run is touched), then :meth:`intervene`."""
+        self._check_running()
+        return self._advance(self.action_spec.decode(action))
+
+    def intervene(self, interventions: Mapping[str, float]) -> StepResult:
+        """Apply interventions by name, then advance ``k`` updates and observe: one step.
+
+        Args:
+            interventions: ``{name: magnitude}`` of interventions on offer
+                (:attr:`interventions`), each magnitude within its registered range;
+                ``{}`` is the no-op. Validated before the run is touched.
+
+        Returns:
+            ``(observation, reward, terminated, truncated, info)``, as :meth:`step`.
+        """
+        self._check_running()
+        return self._advance(self._validated(interventions))
+
+    def _advance(self, applied: Magnitudes) -> StepResult:
         self._expire_knobs()
         cost = self._apply(applied)
         telemetry = self.trainer.advance(self.k)
@@ -149,12 +176,12 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         )
         self._steps += 1
         terminated = reason is not None
-        if terminated:
+        truncated = not terminated and self._steps >= self.max_steps
+        if terminated or truncated:
             self._started = False
         elif self._rollback and self._steps % self.checkpoint_every == 0 and self._healthy():
             self._checkpoint = self.trainer.snapshot()
         reward = self.reward_spec(p_prev, self._p, self._collapse_state.best, cost, terminated)
-        truncated = not terminated and self._steps >= self.max_steps
         return (
             self._observe(),
             float(reward),
@@ -162,6 +189,11 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             truncated,
             self._info(applied, cost, reason),
         )
+
+    @property
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The interventions on offer, in action-spec order."""
+        return self.action_spec.interventions
 
     # -- forks ----------------------------------------------------------------------------------
     def fork(self) -> TrainEnv:
@@ -178,17 +210,35 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         return copy.deepcopy(self, memo)
 
     # -- internals ------------------------------------------------------------------------------
-    def _apply(self, applied: list[Applied]) -> float:
+    def _check_running(self) -> None:
+        if not self._started:
+            raise RuntimeError(
+                "the episode has not started or has ended (terminated or truncated): call reset()"
+            )
+
+    def _validated(self, interventions: Mapping[str, float]) -> Magnitudes:
+        if not isinstance(interventions, Mapping):
+            raise ValueError(
+                f"interventions must be a mapping of name to magnitude, got {interventions!r}"
+            )
+        validated: Magnitudes = {}
+        for name, magnitude in interventions.items():
+            intervention = self.action_spec.intervention(name)
+            if isinstance(magnitude, (bool, np.bool_)) or not isinstance(
+                magnitude, (int, float, np.integer, np.floating)
+            ):
+                raise ValueError(f"magnitude of {name!r} must be a number, got {magnitude!r}")
+            validated[name] = intervention.validate_magnitude(magnitude)
+        return validated
+
+    def _apply(self, applied: Magnitudes) -> float:
         cost = 0.0
-        for intervention, magnitude in applied:
+        for name, magnitude in applied.items():
+            intervention = self.action_spec.intervention(name)
             cost += intervention.cost
             if intervention.knob is not None:
                 self.trainer.set_knob(intervention.knob, magnitude)
-                self._active[intervention.knob] = (
-                    intervention.name,
-                    magnitude,
-                    intervention.duration,
-                )
+                self._active[intervention.knob] = (name, magnitude, intervention.duration)
             elif intervention.event == ROLLBACK_EVENT:
                 self._roll_back()
             else:
@@ -250,7 +300,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             body = np.append(body, squash(scores, OBS_BOUND))
         return np.append(body, self._steps / self.max_steps).astype(np.float32)
 
-    def _info(self, applied: list[Applied], cost: float, collapse: str | None) -> dict[str, Any]:
+    def _info(self, applied: Magnitudes, cost: float, collapse: str | None) -> dict[str, Any]:
         last = self._rows[-1] if len(self._rows) else np.full(len(self.trainer.channels), np.nan)
         return {
             "performance": self.trainer.evaluate(),
@@ -258,7 +308,7 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             "best_p": self._collapse_state.best,
             "knobs": dict(self.trainer.knobs),
             "active": {name: left for name, _, left in self._active.values()},
-            "applied": [(i.name, m) for i, m in applied],
+            "applied": list(applied.items()),
             "cost": cost,
             "telemetry": {c.name: float(v) for c, v in zip(self.trainer.channels, last)},
             "updates": self.trainer.updates,
@@ -267,17 +317,6 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
             "self_deviation": self._self_deviation_score,
             **self.trainer.info(),
         }
-
-
-def _self_deviation_detector() -> Any:
-    """The :class:`~trainenv.audit.warning.SelfDeviation` detector the env scores with.
-
-    Imported here, not at module level: ``trainenv.audit`` imports this module. The detector
-    is plain numpy over the latents, with no dependency on the audit machinery.
-    """
-    from trainenv.audit.warning import SelfDeviation
-
-    return SelfDeviation()
 
 
 def _interventions(trainer: Trainer, names: Sequence[str] | None) -> list[Intervention]:

@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from trainenv.core.actions import ContinuousMagnitudes, DiscreteMenu
+from trainenv.core.actions import DiscreteMenu
 from trainenv.core.interventions import Intervention, Role
 from trainenv.env import OBS_BOUND, TrainEnv
 
@@ -58,18 +58,13 @@ class PerturbStabilizeEnv(ParallelEnv):
     ) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-        probe: TrainEnv = gym.make(env_id, **env_kwargs).unwrapped  # type: ignore[assignment]
-        offered = probe.action_spec.interventions
+        # The run's own action space is unused: the agents' menus decode to interventions by
+        # name, which the run applies together through ``intervene``.
+        self.run: TrainEnv = gym.make(env_id, **env_kwargs).unwrapped  # type: ignore[assignment]
         chosen = {
-            Role.PERTURBATION: _pick(offered, Role.PERTURBATION, perturbations),
-            Role.STABILIZER: _pick(offered, Role.STABILIZER, stabilizers),
+            Role.PERTURBATION: _pick(self.run.interventions, Role.PERTURBATION, perturbations),
+            Role.STABILIZER: _pick(self.run.interventions, Role.STABILIZER, stabilizers),
         }
-        self.run: TrainEnv = gym.make(
-            env_id, action_mode="continuous",
-            interventions=[i.name for group in chosen.values() for i in group], **env_kwargs,
-        ).unwrapped  # type: ignore[assignment]  # fmt: skip
-        assert isinstance(self.run.action_spec, ContinuousMagnitudes)  # asked for above
-        self._run_spec = self.run.action_spec
         self.budget = budget
         self.menus = {PERTURBER: DiscreteMenu(chosen[Role.PERTURBATION], levels)}
         if per_dimension:
@@ -106,11 +101,11 @@ class PerturbStabilizeEnv(ParallelEnv):
         decoded = {agent: self.menus[agent].decode(actions[agent]) for agent in self.agents}
         if decoded.get(PERTURBER):
             if self._budget_left == 0:
-                decoded[PERTURBER] = []
+                decoded[PERTURBER] = {}
             else:
                 self._budget_left -= 1
-        chosen = {i.name: m for applied in decoded.values() for i, m in applied}
-        obs, reward, terminated, truncated, info = self.run.step(self._run_spec.encode(chosen))
+        chosen = {name: m for applied in decoded.values() for name, m in applied.items()}
+        obs, reward, terminated, truncated, info = self.run.intervene(chosen)
         agents = self.agents
         rewards = {a: (-reward if a == PERTURBER else reward) for a in agents}
         if terminated or truncated:
