@@ -1,0 +1,242 @@
+"""A population of the Digits MLP recipe: ``SupervisedTrainer``'s runs, batched."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainenv.core.rng import perturbation_generator
+from trainenv.trainers.population.base import (
+    PopulationTelemetry,
+    PopulationTrainer,
+    member_generators,
+)
+from trainenv.trainers.population.stacked import (
+    Members,
+    StackedAdam,
+    apply_member_event,
+    clip_,
+    groups,
+    leaves,
+    linear,
+    member_norms,
+    uniform_linear_,
+)
+from trainenv.trainers.supervised import SupervisedTrainer
+
+
+class DigitsMLPPopulation(PopulationTrainer):
+    """``N`` runs of :class:`~trainenv.trainers.supervised.SupervisedTrainer`'s recipe (an MLP
+    on scikit-learn's digits, mini-batch Adam) advanced in one batched computation.
+
+    Channels, knobs, events, performance (validation accuracy at the latest pass, every
+    ``eval_every`` updates) and divergence (non-finite training loss or weights) are the
+    single-run trainer's, per member. Member ``i`` draws its initialisation and data order from
+    its own generator (seeded from its seed), its perturbation noise from the single-run
+    trainer's streams. Members with different ``batch_shrink`` train in separate batched
+    computations (one per batch size), so no member's numbers depend on another's.
+
+    Args:
+        n_members: Population size ``N``.
+        hidden, lr, batch_size, eval_every, val_fraction: The recipe, as for
+            ``SupervisedTrainer`` (same defaults, same validation, same data split).
+    """
+
+    def __init__(
+        self,
+        n_members: int,
+        hidden: Sequence[int] = (64, 64),
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        eval_every: int = 10,
+        val_fraction: float = 0.2,
+    ) -> None:
+        # The single-run trainer validates the recipe, declares it and holds the data split;
+        # its run is never started.
+        recipe = SupervisedTrainer(hidden, lr, batch_size, eval_every, val_fraction)
+        super().__init__(n_members, recipe)
+        self.hidden, self.lr = recipe.hidden, recipe.lr
+        self.batch_size, self.eval_every = recipe.batch_size, recipe.eval_every
+        self._data = recipe._data
+        n, widths = self.n_members, (self._data.dim, *self.hidden, self._data.n_classes)
+        self.params: list[torch.Tensor] = []
+        for n_in, n_out in zip(widths[:-1], widths[1:]):
+            self.params += [torch.zeros(n, n_in, n_out), torch.zeros(n, 1, n_out)]
+        self.optimizer = StackedAdam(self.params)
+        self._generators = [torch.Generator() for _ in range(n)]
+        self._perm = torch.zeros(n, len(self._data.y_train), dtype=torch.long)
+        self._cursor = np.zeros(n, dtype=np.int64)
+        self._shift_direction = torch.zeros(n, self._data.dim)
+        self._val_loss = np.full(n, np.nan)
+        self._val_accuracy = np.full(n, self.performance_range[0])
+
+    # -- protocol -----------------------------------------------------------------------------
+    def _reset_member(self, member: int, seed: int) -> None:
+        generator, _ = member_generators(seed)
+        self._generators[member] = generator
+        for weight, bias in zip(self.params[::2], self.params[1::2]):
+            uniform_linear_(weight[member], bias[member], generator)
+        self._perm[member] = torch.randperm(len(self._data.y_train), generator=generator)
+        self._cursor[member] = 0
+        self.optimizer.shrink(member, 1.0)
+        # One +-1 direction per run (the single-run trainer's), a consistent covariate shift.
+        signs = perturbation_generator(seed, "input_shift_direction").choice(
+            [-1.0, 1.0], self._data.dim
+        )
+        self._shift_direction[member] = torch.from_numpy(signs).to(torch.float32)
+        self._validate(np.array([member]))
+
+    def _advance(self, k: int) -> PopulationTelemetry:
+        n = self.n_members
+        values = np.full((n, k, len(self.channels)), np.nan)
+        n_updates = np.zeros(n, dtype=np.int64)
+        diverged = self.diverged.copy()
+        sizes = np.maximum(1, np.round(self.batch_size / self._knobs["batch_shrink"])).astype(int)
+        for step in range(k):
+            for members, size in groups(np.flatnonzero(~diverged), sizes, n):
+                index = np.arange(n) if members is None else members
+                rows = self._update(members, index, size, self.updates[index] + step + 1)
+                values[index, step] = rows
+                n_updates[index] += 1
+                diverged[index] |= ~np.isfinite(rows[:, [0, 5]]).all(axis=1)
+        return PopulationTelemetry(values, n_updates, diverged)
+
+    def evaluate(self) -> np.ndarray:
+        return self._val_accuracy.copy()
+
+    def _member_state(self, member: int) -> dict[str, Any]:
+        return {
+            "params": [p[member].clone() for p in self.params],
+            "optimizer": self.optimizer.member_state(member),
+            "generator": self._generators[member].get_state(),
+            "perm": self._perm[member].clone(),
+            "cursor": int(self._cursor[member]),
+            "shift_direction": self._shift_direction[member].clone(),
+            "validation": (float(self._val_loss[member]), float(self._val_accuracy[member])),
+        }
+
+    def _load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"]):
+                p[member] = saved
+        self.optimizer.load_member_state(member, state["optimizer"])
+        self._generators[member].set_state(state["generator"].clone())
+        self._perm[member] = state["perm"]
+        self._cursor[member] = state["cursor"]
+        self._shift_direction[member] = state["shift_direction"]
+        self._val_loss[member], self._val_accuracy[member] = state["validation"]
+
+    def _apply_event(self, member: int, name: str, magnitude: float) -> None:
+        rng = self.perturbation_rng(member, name)
+        views = [p[member] for p in self.params]
+        apply_member_event(
+            name, magnitude, member, views, self.optimizer, (views[0], views[1]), rng
+        )
+
+    # -- one update of a group ----------------------------------------------------------------
+    def _update(
+        self, members: Members, index: np.ndarray, size: int, numbers: np.ndarray
+    ) -> np.ndarray:
+        """One update of the members ``index`` (``members``, or all when None), all with batch
+        size ``size``; ``numbers`` are their 1-based update numbers. Returns ``(G, C)`` rows."""
+        x, y = self._next_batch(index, size)
+        x, y = self._perturb_batch(index, x, y)
+        lr = self.lr * self._knobs["lr_scale"][index] * self._knobs["lr_backoff"][index]
+        before = [
+            p.clone() if members is None else p[torch.from_numpy(members)] for p in self.params
+        ]
+        weights = leaves(self.params, members)
+        logits = self._forward(weights, x)
+        losses = (
+            nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            .view(len(index), size)
+            .mean(1)
+        )
+        losses.sum().backward()  # members' parameters are disjoint: each gets its own gradient
+        grads = [w.grad for w in weights]
+        grad_norms = member_norms(grads)  # type: ignore[arg-type]
+        clip_(grads, grad_norms, self._knobs["grad_clip"][index])  # type: ignore[arg-type]
+        self._add_grad_noise(index, grads)  # type: ignore[arg-type]
+        self.optimizer.step(members, grads, lr)  # type: ignore[arg-type]
+        after = [p if members is None else p[torch.from_numpy(members)] for p in self.params]
+        weight_norms = member_norms(after).numpy().astype(np.float64)
+        moved = member_norms([a - b for a, b in zip(after, before)]).numpy().astype(np.float64)
+        due = index[numbers % self.eval_every == 0]
+        if len(due):
+            self._validate(due)
+        return np.column_stack([
+            losses.detach().numpy(), self._val_loss[index], self._val_accuracy[index],
+            grad_norms.numpy(), moved / np.maximum(weight_norms, 1e-12), weight_norms, lr,
+        ])  # fmt: skip
+
+    def _forward(self, weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(G, B, classes)`` of inputs ``x`` ``(G, B, dim)``."""
+        h = x
+        last = len(weights) // 2 - 1
+        for layer, (w, b) in enumerate(zip(weights[::2], weights[1::2])):
+            h = linear(h, w, b)
+            if layer < last:
+                h = torch.relu(h)
+        return h
+
+    def _next_batch(self, index: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``size`` examples of each member's own data order: ``(G, B, dim)``,
+        ``(G, B)``; a member reshuffles (its generator) when its epoch runs out."""
+        n_train = len(self._data.y_train)
+        for member in index[self._cursor[index] + size > n_train]:
+            self._perm[member] = torch.randperm(n_train, generator=self._generators[member])
+            self._cursor[member] = 0
+        start = torch.from_numpy(self._cursor[index])
+        rows = self._perm[torch.from_numpy(index)].gather(
+            1, start[:, None] + torch.arange(size)[None, :]
+        )
+        self._cursor[index] += size
+        return self._data.x_train[rows], self._data.y_train[rows]
+
+    def _perturb_batch(
+        self, index: np.ndarray, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data knobs of each member on its own rows (noise from its own streams)."""
+        noise, shift, labels = (self._knobs[k][index] for k in ("input_noise", "input_shift",
+                                                                 "label_noise"))  # fmt: skip
+        for g in np.flatnonzero((noise > 0) | (shift > 0) | (labels > 0)):
+            member = int(index[g])
+            if noise[g] > 0:
+                draw = self.perturbation_rng(member, "input_noise").standard_normal(x[g].shape)
+                x[g] += noise[g] * torch.from_numpy(draw).to(x.dtype)
+            if shift[g] > 0:
+                x[g] += shift[g] * self._shift_direction[member]
+            if labels[g] > 0:
+                rng = self.perturbation_rng(member, "label_noise")
+                flip = torch.from_numpy(rng.random(len(y[g])) < labels[g])
+                random_labels = torch.from_numpy(rng.integers(self._data.n_classes, size=len(y[g])))
+                y[g] = torch.where(flip, random_labels, y[g])
+        return x, y
+
+    def _add_grad_noise(self, index: np.ndarray, grads: Sequence[torch.Tensor]) -> None:
+        rel_std = self._knobs["grad_noise"][index]
+        for g in np.flatnonzero(rel_std > 0):
+            rng = self.perturbation_rng(int(index[g]), "grad_noise")
+            for grad in grads:
+                rms = grad[g].pow(2).mean().sqrt()
+                noise = torch.from_numpy(rng.standard_normal(grad[g].shape)).to(grad.dtype)
+                grad[g].add_(noise * rel_std[g] * rms)
+
+    def _validate(self, index: np.ndarray) -> None:
+        """Validation loss and accuracy of the members ``index`` on the shared split."""
+        select = torch.from_numpy(index)
+        with torch.no_grad():
+            weights = [p[select] for p in self.params]
+            x = self._data.x_val.expand(len(index), *self._data.x_val.shape)
+            logits = self._forward(weights, x)
+            y = self._data.y_val.expand(len(index), -1)
+            losses = nn.functional.cross_entropy(
+                logits.flatten(0, 1), y.flatten(), reduction="none"
+            )
+            self._val_loss[index] = losses.view(len(index), -1).mean(1).numpy()
+            correct = (logits.argmax(-1) == y).float().mean(1)
+            self._val_accuracy[index] = correct.numpy()
