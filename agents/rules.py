@@ -3,9 +3,9 @@
 Each watches ``info`` (telemetry, performance) step by step and answers with an action:
 
 - :class:`ClipOnGradSpike` — switch gradient clipping on when the gradient norm spikes
-  (ZClip-style z-score, :class:`~trainenv.audit.warning.GradNormZScore`);
+  (ZClip-style z-score, :class:`~trainenv.warning.GradNormZScore`);
 - :class:`BackoffOnLossSpike` — back the learning rate off when the loss spikes
-  (:class:`~trainenv.audit.warning.LossSpike`);
+  (:class:`~trainenv.warning.LossSpike`);
 - :class:`RollbackOnDrop` — roll back to the last good fork when performance falls well below
   its best;
 - :class:`ForkSearch` — a light population-based exploit/explore: every few steps, fork the run
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agents.encoding import encode, unwrap
-from trainenv.audit.warning import Detector, GradNormZScore, LossSpike
+from trainenv.warning import Detector, GradNormZScore, LossSpike
 
 LOSS_CHANNELS = ("train_loss", "loss", "critic_loss", "value_loss")
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 import trainenv  # noqa: F401  (registers the environments)
+import trainenv.warning as ew
 from trainenv import cli
-from trainenv.audit import early_warning as ew
-from trainenv.audit.warning import Cusum, MetaStateDeviation, SelfDeviation
 from trainenv.calibration import calibrate
 from trainenv.core.band import ReferenceBand
 from trainenv.core.collapse import CollapseRule
 from trainenv.core.metastate import MetaStateEncoder
+from trainenv.warning.detectors import Cusum, MetaStateDeviation, SelfDeviation
 
 DIGITS = "trainenv/Digits-MLP-v0"
 
@@ -221,7 +221,9 @@ def synthetic_traces(seeds: int = 6, lead: int = 4, onset: int = 30, k: int = 10
 
 
 def test_evaluate_recovers_planted_lead_times_and_a_perfect_auroc() -> None:
-    table = ew.evaluate(synthetic_traces(lead=4), horizon=4, false_alarm_rate=0.05, n_boot=200)
+    table = ew.evaluate_detectors(
+        synthetic_traces(lead=4), horizon=4, false_alarm_rate=0.05, n_boot=200
+    )
     row = table.set_index("detector").loc[ew.PRIMARY]
     assert row["collapses"] == 6 and row["detected"] == 6 and row["detection_rate"] == 1.0
     assert row["lead_median"] == 40 and row["lead_median_lo"] == row["lead_median_hi"] == 40
@@ -233,17 +235,19 @@ def test_evaluate_recovers_planted_lead_times_and_a_perfect_auroc() -> None:
 
 
 def test_lead_is_capped_by_the_horizon_and_early_transients_are_misses() -> None:
-    held = ew.evaluate(synthetic_traces(lead=8), horizon=4, false_alarm_rate=0.05, n_boot=50)
+    held = ew.evaluate_detectors(
+        synthetic_traces(lead=8), horizon=4, false_alarm_rate=0.05, n_boot=50
+    )
     assert held.set_index("detector").loc[ew.PRIMARY, "lead_median"] == 40  # H steps x k
     traces = synthetic_traces(lead=8)
     for trace in traces:
         if trace.collapse_onset is not None:  # one spike 8 steps before the onset, then calm
             trace.inputs["deviation"] = np.where(np.arange(len(trace.p)) == 21, 10.0, 0.0)
-    row = ew.evaluate(traces, horizon=4, false_alarm_rate=0.05, n_boot=50)
+    row = ew.evaluate_detectors(traces, horizon=4, false_alarm_rate=0.05, n_boot=50)
     row = row.set_index("detector").loc[ew.PRIMARY]
     assert row["detected"] == 0 and row["detection_rate"] == 0.0 and math.isnan(row["lead_median"])
     with pytest.raises(ValueError, match="cross-fitting"):
-        ew.evaluate([t for t in synthetic_traces() if t.seed == 0], horizon=4)
+        ew.evaluate_detectors([t for t in synthetic_traces() if t.seed == 0], horizon=4)
 
 
 def test_traces_survive_a_round_trip_through_parquet(tmp_path) -> None:
@@ -274,7 +278,7 @@ def test_ramp_magnitudes_grow_geometrically_then_hold() -> None:
 def test_simulated_runs_record_what_the_env_reports() -> None:
     """A severe weight-noise ramp on Digits collapses; its reference run does not."""
     tasks = ew.tasks_for("supervised", DIGITS, [ew.Ramp("weight_noise", 0.01, 3.0, 25, 10)], [0])
-    reference, ramp = (ew.simulate(t) for t in tasks)
+    reference, ramp = (ew.simulate_run(t) for t in tasks)
     assert reference.reference and reference.collapse_onset is None and len(reference.p) == 50
     assert ramp.ramp_onset == 11 and ramp.collapse_onset is not None
     assert ramp.collapse_onset > ramp.ramp_onset and len(ramp.p) >= ramp.collapse_onset

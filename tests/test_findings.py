@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import trainenv.warning as ew
 from trainenv import cli
-from trainenv.audit import early_warning as ew
 from trainenv.audit import findings as F
 from trainenv.audit.store import ResultStore, RunRecord
 

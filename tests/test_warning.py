@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainenv.audit.warning import (
+from trainenv.warning.detectors import (
     Cusum,
     GradNormZScore,
     LossSpike,

@@ -13,8 +13,8 @@ Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (
 (Parquet results), :mod:`~trainenv.audit.metrics` (stability metrics),
 :mod:`~trainenv.audit.report` (summary tables, Markdown and figures),
 :mod:`~trainenv.audit.controllers` (controller evaluations in the same format),
-:mod:`~trainenv.audit.warning` and :mod:`~trainenv.audit.early_warning` (early-warning
-detectors and their evaluation), :mod:`~trainenv.audit.findings` (the paper's three claims).
+:mod:`~trainenv.audit.tasks` (tasks through a backend into a store, with progress).
+Early warning is :mod:`trainenv.warning`; the paper's three claims, :mod:`trainenv.findings`.
 Names load on first use, so ``import trainenv.audit`` stays light.
 """
 

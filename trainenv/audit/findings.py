@@ -8,7 +8,7 @@
    the entropy bonus for RL, dropout for the LM); the paired difference in drawdown and in
    collapse rate.
 3. *Meta-state deviations precede collapse*: the early-warning evaluation of
-   :mod:`trainenv.audit.early_warning`.
+   :mod:`trainenv.warning`.
 
 Each verdict ("supported", "not supported", "inconclusive") is computed from confidence
 intervals by the rule written in the report (:data:`RULES`), never set by hand. ``--quick``
@@ -30,15 +30,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainenv.audit import early_warning as ew
-from trainenv.audit.backends import make_backend
 from trainenv.audit.formatting import format_interval as _ci
 from trainenv.audit.formatting import format_number as _num
 from trainenv.audit.formatting import format_table, pyplot, save_figure
 from trainenv.audit.metrics import bootstrap_ci
 from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
-from trainenv.audit.runner import run_audit, run_id
-from trainenv.audit.store import ResultStore, RunRecord
+from trainenv.audit.runner import run_audit
+from trainenv.audit.store import ResultStore
+from trainenv.audit.tasks import backend_for
+from trainenv.warning import evaluation as ev
+from trainenv.warning import simulation as ew
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 CONFIDENCE = 0.95
@@ -106,7 +107,8 @@ def verdict_buffering(lo: float, hi: float) -> str:
 
 
 def verdict_warning(row: Mapping[str, float]) -> str:
-    """Claim 3 from the primary detector's row of :func:`~trainenv.audit.early_warning.evaluate`."""
+    """Claim 3 from the primary detector's row of
+    :func:`~trainenv.warning.evaluation.evaluate_detectors`."""
     if row["collapses"] < MIN_COLLAPSES:
         return INCONCLUSIVE
     if row["detected"] == 0:
@@ -192,7 +194,7 @@ class Paradigm:
             onsets=(self.onset,),
             horizon=self.horizon,
             seeds=tuple(range(self.seeds)),
-            backend="process" if workers > 1 else "serial",
+            backend=backend_for(workers),
             workers=workers,
         )
 
@@ -519,22 +521,22 @@ def buffering(runs: pd.DataFrame, without: str, with_: str, n_boot: int) -> Buff
 class EarlyWarning:
     """Claim 3 on one paradigm."""
 
-    table: pd.DataFrame  # one row per detector (early_warning.evaluate)
+    table: pd.DataFrame  # one row per detector (evaluate_detectors)
     traces: list[ew.Trace]
     horizon: int  # steps
     verdict: str
 
     @property
     def primary(self) -> pd.Series:
-        return self.table.set_index("detector").loc[ew.PRIMARY]
+        return self.table.set_index("detector").loc[ev.PRIMARY]
 
 
 def early_warning(
     traces: list[ew.Trace], horizon: int, false_alarm_rate: float, n_boot: int
 ) -> EarlyWarning:
     """Claim 3 from one paradigm's traces."""
-    table = ew.evaluate(traces, horizon, false_alarm_rate, n_boot, CONFIDENCE)
-    primary = table.set_index("detector").loc[ew.PRIMARY]
+    table = ev.evaluate_detectors(traces, horizon, false_alarm_rate, n_boot, CONFIDENCE)
+    primary = table.set_index("detector").loc[ev.PRIMARY]
     return EarlyWarning(table, traces, horizon, verdict_warning(primary))
 
 
@@ -612,38 +614,11 @@ def _audit_claims(
 def simulate(
     config: FindingsConfig, workers: int, progress: bool | None, store: ResultStore
 ) -> list[ew.Trace]:
-    """Claim 3's runs of every paradigm, in parallel, each written to ``store`` as it finishes
-    (runs already there are read back, not rerun); sorted by paradigm, seed and scenario."""
-    import sys
-
-    from tqdm import tqdm
-
-    store.prepare()
+    """Claim 3's runs of every paradigm (:func:`~trainenv.warning.simulation.simulate_runs`)."""
     # The config lists paradigms cheapest first: submitting the costliest runs first keeps
     # the workers busy to the end.
     tasks = [t for p in reversed(config.paradigms) if 3 in p.claims for t in p.warning_tasks()]
-    ids = {(t.paradigm, t.seed, t.scenario): _task_id(t) for t in tasks}
-    finished = store.finished()
-    todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
-    disable = None if progress is None else not progress
-    backend = make_backend("process" if workers > 1 else "serial", workers)
-    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), unit="run",
-              desc="early warning", disable=disable, file=sys.stderr) as bar, backend:  # fmt: skip
-        for trace in backend.map_unordered(ew.simulate, todo):
-            rid = ids[trace.paradigm, trace.seed, trace.scenario]
-            steps = ew.traces_frame([trace]).to_dict("records")
-            store.write(RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps))
-            bar.update()
-    return ew.read_traces(store.steps(ids.values()))
-
-
-def _task_id(task: ew.Task) -> str:
-    """A stable id of everything that determines a claim-3 run (so a changed config reruns)."""
-    return run_id({
-        "paradigm": task.paradigm, "env": task.env, "env_kwargs": dict(task.env_kwargs),
-        "seed": task.seed, "ramp": repr(task.ramp), "interventions": list(task.interventions),
-        "loss_channel": task.loss_channel,
-    })  # fmt: skip
+    return ew.simulate_runs(tasks, store, workers, progress)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -943,8 +918,8 @@ def _best_detectors(table: pd.DataFrame) -> str:
     by = table.set_index("detector")
     best = by["auroc"].idxmax()
     line = f"Highest AUROC: {best} ({_num(by.loc[best, 'auroc'], '.3f')})"
-    if best != ew.PRIMARY:
-        line += f"; the meta-state deviation's is {_num(by.loc[ew.PRIMARY, 'auroc'], '.3f')}"
+    if best != ev.PRIMARY:
+        line += f"; the meta-state deviation's is {_num(by.loc[ev.PRIMARY, 'auroc'], '.3f')}"
     return line + "."
 
 

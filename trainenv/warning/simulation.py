@@ -1,0 +1,308 @@
+"""Early-warning runs: reference runs and gradual perturbations (ramps), recorded step by step.
+
+**Runs.** For each seed: one unperturbed *reference* run and one run per :class:`Ramp`, a
+perturbation whose magnitude grows step by step from ``start`` to ``end`` (geometrically for
+log-scale interventions) over ``steps`` steps from step ``onset``, then holds at ``end``: a
+knob intervention is re-issued every step, an event fires every step. Gradual perturbations,
+because no detector can warn of a collapse that its inputs and the performance show at the
+same step; mild ramps (runs survive them) and severe ones (they do not) give both outcomes.
+Runs go through ``env.intervene`` with the ramp's ``{name: magnitude}`` and record what
+``info`` holds (:class:`Trace`); :func:`simulate_runs` runs many through a backend into a
+results store, so an interrupted evaluation resumes.
+
+**Collapse.** A run collapses when the env's collapse rule fires (``terminated``). Its
+*collapse onset* ``T`` is the step the collapse became observable: the first step of the final
+streak of steps below the rule's threshold (``(1 - drop) * best p``), or the step training went
+non-finite. Steps are 1-based: step ``t`` is the state after the run's ``t``-th step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainenv.audit.backends import make_backend
+from trainenv.audit.runner import run_id
+from trainenv.audit.store import ResultStore, RunRecord
+from trainenv.audit.tasks import backend_for, run_tasks
+from trainenv.core import interventions as registry
+from trainenv.core.collapse import CollapseRule, CollapseState
+from trainenv.env import TrainEnv
+
+__all__ = [
+    "LOSS_CHANNELS",
+    "REFERENCE",
+    "Ramp",
+    "Task",
+    "Trace",
+    "collapse_onset",
+    "read_traces",
+    "simulate_run",
+    "simulate_runs",
+    "task_id",
+    "tasks_for",
+    "traces_frame",
+]
+
+REFERENCE = "reference"  # the scenario of an unperturbed run
+LOSS_CHANNELS = ("train_loss", "loss")  # the first a trainer has is "the loss"
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A gradual perturbation: ``intervention`` from ``start`` to ``end`` over ``steps`` steps
+    from step ``onset`` (the first perturbed step is ``onset + 1``), then held at ``end``."""
+
+    intervention: str
+    start: float
+    end: float
+    steps: int
+    onset: int
+
+    def __post_init__(self) -> None:
+        intervention = registry.get(self.intervention)
+        intervention.validate_magnitude(self.start)
+        intervention.validate_magnitude(self.end)
+        if self.steps < 1 or self.onset < 0:
+            raise ValueError(
+                f"ramp needs steps >= 1 and onset >= 0, got {self.steps}, {self.onset}"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.intervention} {self.start:g}->{self.end:g}"
+
+    def magnitude(self, step: int) -> float | None:
+        """Magnitude applied on step ``step`` (1-based), ``None`` before the onset."""
+        if step <= self.onset:
+            return None
+        intervention = registry.get(self.intervention)
+        lo, hi = intervention.position(self.start), intervention.position(self.end)
+        fraction = min(1.0, (step - self.onset - 1) / max(1, self.steps - 1))
+        return intervention.magnitude(lo + (hi - lo) * fraction)
+
+
+@dataclass
+class Trace:
+    """One run, step by step (index ``t - 1`` holds step ``t``).
+
+    Attributes:
+        paradigm: Label of the recipe family (``"supervised"``, ``"RL"``, ``"LM"``).
+        seed: The run's seed.
+        scenario: :data:`REFERENCE` or the ramp's label.
+        k: Updates per step.
+        p: Normalised performance, shape ``(T,)``.
+        inputs: Detector inputs, each ``(T,)`` or ``(T, d)``: ``deviation``
+            (``info["deviation"]``), ``latents`` (the meta-state), ``loss``, ``grad_norm``.
+        collapse_onset: Collapse onset step ``T`` (``None``: the run did not collapse).
+        ramp_onset: First perturbed step (``None`` for a reference run).
+    """
+
+    paradigm: str
+    seed: int
+    scenario: str
+    k: int
+    p: np.ndarray
+    inputs: dict[str, np.ndarray]
+    collapse_onset: int | None = None
+    ramp_onset: int | None = None
+
+    @property
+    def reference(self) -> bool:
+        return self.ramp_onset is None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run to simulate: a registered env (with kwargs), a seed, an optional ramp."""
+
+    paradigm: str
+    env: str
+    env_kwargs: Mapping[str, Any]
+    seed: int
+    ramp: Ramp | None
+    interventions: tuple[str, ...]  # every ramp's intervention: one env serves all the tasks
+    loss_channel: str | None = None  # default: the first of LOSS_CHANNELS the trainer has
+
+    @property
+    def scenario(self) -> str:
+        """:data:`REFERENCE` or the ramp's label (the :class:`Trace` keeps it)."""
+        return self.ramp.label if self.ramp else REFERENCE
+
+
+# -- simulation -------------------------------------------------------------------------------
+_ENVS: dict[str, TrainEnv] = {}  # per process: building a trainer is slow, reset is complete
+
+
+def _env(task: Task) -> TrainEnv:
+    import gymnasium as gym
+
+    import trainenv  # noqa: F401  (registers the environments)
+
+    key = json.dumps([task.env, task.env_kwargs, task.interventions], sort_keys=True)
+    if key not in _ENVS:
+        env = gym.make(task.env, **task.env_kwargs, interventions=list(task.interventions))
+        _ENVS[key] = env.unwrapped  # type: ignore[assignment]
+    return _ENVS[key]
+
+
+def simulate_run(task: Task) -> Trace:
+    """Run one task through ``env.intervene`` and record its trace."""
+    env = _env(task)
+    if env.encoder is None or env.encoder.band_ is None:
+        raise ValueError(f"{task.env}: the early-warning evaluation needs an encoder with a band")
+    channels = [c.name for c in env.trainer.channels]
+    loss = task.loss_channel or next((c for c in LOSS_CHANNELS if c in channels), None)
+    if loss not in channels or "grad_norm" not in channels:
+        raise ValueError(f"{task.env}: needs a loss channel and grad_norm, has {channels}")
+    _, info = env.reset(seed=task.seed)
+    p0, rows, reason = info["p"], [], None
+    d = env.encoder.n_components
+    for step in range(1, env.max_steps + 1):
+        ramp = task.ramp
+        magnitude = ramp.magnitude(step) if ramp else None
+        ramped = {} if ramp is None or magnitude is None else {ramp.intervention: magnitude}
+        obs, _, terminated, truncated, info = env.intervene(ramped)
+        telemetry = info["telemetry"]
+        rows.append((info["p"], info["deviation"], telemetry[loss], telemetry["grad_norm"],
+                     *obs[:d]))  # fmt: skip
+        if terminated:
+            reason = info["collapse"]
+        if terminated or truncated:
+            break
+    values = np.asarray(rows, dtype=np.float64)
+    return Trace(
+        paradigm=task.paradigm,
+        seed=task.seed,
+        scenario=task.scenario,
+        k=env.k,
+        p=values[:, 0],
+        inputs={
+            "deviation": values[:, 1],
+            "loss": values[:, 2],
+            "grad_norm": values[:, 3],
+            "latents": values[:, 4:],
+        },
+        collapse_onset=collapse_onset(values[:, 0], p0, env.collapse_rule, reason),
+        ramp_onset=task.ramp.onset + 1 if task.ramp else None,
+    )
+
+
+def collapse_onset(p: np.ndarray, p0: float, rule: CollapseRule, reason: str | None) -> int | None:
+    """The step (1-based) a collapse became observable, given the run's ``p`` per step, its
+    ``p0`` at reset and the collapse reason of its last step (``None``: no collapse).
+
+    For a performance collapse, the first step of the streak below the threshold that made
+    the rule fire; for a non-finite one, the first step of the streak below the threshold
+    still running when training went non-finite, else that last step.
+    """
+    if reason is None:
+        return None
+    state, start = CollapseState(best=p0), len(p)
+    for t, value in enumerate(p, start=1):
+        state, fired = rule.update(state, float(value), diverged=False)
+        if state.below == 1:
+            start = t
+        if fired is not None:
+            return start
+    if reason == "non-finite":
+        return start if state.below > 0 else len(p)
+    raise ValueError("the collapse rule does not fire on these p values: wrong rule or p0?")
+
+
+def tasks_for(
+    paradigm: str,
+    env: str,
+    ramps: Sequence[Ramp],
+    seeds: Iterable[int],
+    env_kwargs: Mapping[str, Any] | None = None,
+    loss_channel: str | None = None,
+) -> list[Task]:
+    """Per seed, a reference run and one run per ramp."""
+    names = tuple(sorted({r.intervention for r in ramps}))
+    return [
+        Task(paradigm, env, dict(env_kwargs or {}), seed, ramp, names, loss_channel)
+        for seed in seeds
+        for ramp in (None, *ramps)
+    ]
+
+
+# -- storage ----------------------------------------------------------------------------------
+def traces_frame(traces: Sequence[Trace]) -> pd.DataFrame:
+    """Traces as one table, a row per step (latents as lists), for Parquet."""
+    frames = []
+    for trace in traces:
+        n = len(trace.p)
+        frames.append(
+            pd.DataFrame({
+                "paradigm": trace.paradigm, "seed": trace.seed, "scenario": trace.scenario,
+                "k": trace.k, "step": np.arange(1, n + 1), "p": trace.p,
+                "collapse_onset": trace.collapse_onset or 0, "ramp_onset": trace.ramp_onset or 0,
+                **{key: value.tolist() if value.ndim > 1 else value
+                   for key, value in trace.inputs.items()},
+            })
+        )  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_traces(frame: pd.DataFrame) -> list[Trace]:
+    """Traces back from :func:`traces_frame`'s table (e.g. ``claim3_traces.parquet``), to
+    re-evaluate them with another horizon or false-alarm rate."""
+    traces = []
+    for (paradigm, seed, scenario), rows in frame.groupby(["paradigm", "seed", "scenario"]):
+        rows = rows.sort_values("step")
+        first = rows.iloc[0]
+        traces.append(
+            Trace(
+                paradigm=str(paradigm),
+                seed=int(seed),
+                scenario=str(scenario),
+                k=int(first["k"]),
+                p=rows["p"].to_numpy(float),
+                inputs={
+                    "deviation": rows["deviation"].to_numpy(float),
+                    "loss": rows["loss"].to_numpy(float),
+                    "grad_norm": rows["grad_norm"].to_numpy(float),
+                    "latents": np.stack(rows["latents"].to_numpy()).astype(float),
+                },
+                collapse_onset=int(first["collapse_onset"]) or None,
+                ramp_onset=int(first["ramp_onset"]) or None,
+            )
+        )
+    return traces
+
+
+def task_id(task: Task) -> str:
+    """A stable id of everything that determines a run (so a changed task reruns)."""
+    return run_id({
+        "paradigm": task.paradigm, "env": task.env, "env_kwargs": dict(task.env_kwargs),
+        "seed": task.seed, "ramp": repr(task.ramp), "interventions": list(task.interventions),
+        "loss_channel": task.loss_channel,
+    })  # fmt: skip
+
+
+def simulate_runs(
+    tasks: Sequence[Task], store: ResultStore, workers: int = 1, progress: bool | None = None
+) -> list[Trace]:
+    """Simulate ``tasks`` on ``workers`` local workers, each run written to ``store`` as it
+    finishes (one ``steps/`` table per run, id :func:`task_id`; runs already there are read
+    back, not rerun). Returns every task's trace, sorted by paradigm, seed and scenario."""
+    backend = make_backend(backend_for(workers), workers)
+    store.prepare()
+    ids = {(t.paradigm, t.seed, t.scenario): task_id(t) for t in tasks}
+    finished = store.finished()
+    todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
+
+    def record(trace: Trace) -> list[RunRecord]:
+        steps = traces_frame([trace]).to_dict("records")
+        rid = ids[trace.paradigm, trace.seed, trace.scenario]
+        return [RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps)]
+
+    run_tasks(simulate_run, todo, store, record, backend=backend, total=len(tasks),
+              done=len(tasks) - len(todo), desc="early warning", progress=progress)  # fmt: skip
+    return read_traces(store.steps(ids.values()))
