@@ -32,6 +32,8 @@ def audit_command(plan: Path, out: Path) -> list[str]:
         "--backend",
         "serial",
         "--no-report",
+        "--flush-seconds",
+        "0",  # every run written as it finishes: killed mid-way, some are there
     ]
 
 

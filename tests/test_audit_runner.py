@@ -152,7 +152,8 @@ def test_a_recipe_that_collapses_before_the_onset_is_recorded(tmp_path: Path) ->
 
 def test_rerun_skips_finished_runs_and_redoes_missing_ones(tmp_path: Path) -> None:
     plan = tiny_plan(seeds=[0])
-    first = run_audit(plan, tmp_path, progress=False).runs().set_index("run_id")
+    # flush_seconds=0: a batch file per run, so that single runs can go missing
+    first = run_audit(plan, tmp_path, progress=False, flush_seconds=0).runs().set_index("run_id")
     written: list[str] = []
     run_audit(plan, tmp_path, progress=False, on_record=lambda r: written.append(r.run_id))
     assert written == []
@@ -161,8 +162,9 @@ def test_rerun_skips_finished_runs_and_redoes_missing_ones(tmp_path: Path) -> No
         first.index[first["kind"] == "baseline"][0],
         first.index[first["kind"] != "baseline"][0],
     ]
+    batch = {pd.read_parquet(p)["run_id"].item(): p for p in (tmp_path / "runs").glob("*")}
     for run_id in lost:
-        (tmp_path / "runs" / f"{run_id}.parquet").unlink()  # as if killed before the row
+        batch[run_id].unlink()  # as if killed before the row
     (tmp_path / "runs" / ".x.parquet.tmp").write_text("half a file")
     store = run_audit(plan, tmp_path, progress=False, on_record=lambda r: written.append(r.run_id))
     assert sorted(written) == sorted(lost)

@@ -28,7 +28,7 @@ import numpy as np
 from trainenv.audit.backends import make_backend
 from trainenv.audit.metrics import RunMetrics, run_metrics
 from trainenv.audit.plan import AuditPlan, Recipe
-from trainenv.audit.store import ResultStore, RunRecord
+from trainenv.audit.store import BATCH_RUNS, FLUSH_SECONDS, ResultStore, RunRecord
 from trainenv.audit.tasks import run_tasks
 from trainenv.core import interventions as registry
 from trainenv.env import TrainEnv
@@ -276,6 +276,7 @@ def run_audit(
     address: str | None = None,
     progress: bool | None = None,
     on_record: Callable[[RunRecord], None] | None = None,
+    flush_seconds: float = FLUSH_SECONDS,
 ) -> ResultStore:
     """Run ``plan`` (resuming whatever ``out`` already holds) and return the results store.
 
@@ -285,6 +286,9 @@ def run_audit(
         backend, workers, address: Override the plan's execution settings.
         progress: Show a progress bar (``None``: only on an interactive terminal).
         on_record: Called with each run as it is stored.
+        flush_seconds: Finished runs are written in batches at least this often (of at most
+            :data:`~trainenv.audit.store.BATCH_RUNS` runs, and on exit); ``kill -9`` loses at
+            most these and the runs in flight. 0 writes each run as it finishes.
     """
     pool = make_backend(
         backend or plan.backend,
@@ -292,12 +296,12 @@ def run_audit(
         address or plan.address,
     )
     plan.check()
-    store = ResultStore(out)
-    store.prepare()
-    (store.root / "plan.yaml").write_text(plan.to_yaml())
-    groups = plan_groups(plan, store.finished())
-    pending = sum(g.n_runs for g in groups)
-    run_tasks(run_group, groups, store, list, backend=pool, total=plan.n_runs,
-              done=plan.n_runs - pending, desc="audit", progress=progress,
-              on_record=on_record)  # fmt: skip
+    store = ResultStore(out, batch_runs=BATCH_RUNS, flush_seconds=flush_seconds)
+    with store:  # locks ``out``; on leaving, however, writes the last batch and unlocks
+        (store.root / "plan.yaml").write_text(plan.to_yaml())
+        groups = plan_groups(plan, store.finished())
+        pending = sum(g.n_runs for g in groups)
+        run_tasks(run_group, groups, store, list, backend=pool, total=plan.n_runs,
+                  done=plan.n_runs - pending, desc="audit", progress=progress,
+                  on_record=on_record)  # fmt: skip
     return store
