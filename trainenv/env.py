@@ -126,8 +126,14 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None and (
+            isinstance(seed, (bool, np.bool_))
+            or not isinstance(seed, (int, np.integer))
+            or seed < 0
+        ):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         previous = (self._np_random, self._np_random_seed)
-        super().reset(seed=seed)  # validates the seed
+        super().reset(seed=None if seed is None else int(seed))
         run_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         try:
             self.trainer.reset(run_seed)
