@@ -10,7 +10,7 @@ import pytest
 
 from trainenv.core.knobs import LR_SCALE
 from trainenv.core.telemetry import ChannelSpec, Telemetry
-from trainenv.trainers.base import Trainer, TrainerSpec
+from trainenv.trainers.base import Snapshot, Trainer, TrainerSpec
 
 LOSS = ChannelSpec("loss", "a number")
 
@@ -39,11 +39,11 @@ class Counter(Trainer):
     def evaluate(self) -> float:
         return 0.5
 
-    def snapshot(self) -> int:
+    def _state(self) -> int:
         return self.count
 
-    def restore(self, snapshot: int) -> None:
-        self.count = snapshot
+    def _load_state(self, state: int) -> None:
+        self.count = state
 
 
 def test_the_declaration_comes_from_one_hook_and_is_readable_by_name() -> None:
@@ -77,3 +77,24 @@ def test_a_declaration_that_is_not_a_spec_is_a_type_error() -> None:
 
     with pytest.raises(TypeError, match="must return a TrainerSpec"):
         Broken()
+
+
+def test_snapshot_wraps_the_base_state_around_the_subclass_state() -> None:
+    trainer = Counter()
+    trainer.reset(3)
+    trainer.advance(2)
+    trainer.set_knob("lr_scale", 5.0)
+    noise = trainer.perturbation_rng("input_noise")
+    snapshot = trainer.snapshot()
+    expected_draw = noise.random()
+    assert isinstance(snapshot, Snapshot) and snapshot.run == 2 and snapshot.updates == 2
+    trainer.advance(4)
+    trainer.reset_knob("lr_scale")
+    for _ in range(2):  # a snapshot serves any number of restores
+        trainer.restore(snapshot)
+        assert (trainer.count, trainer.updates, trainer.knobs["lr_scale"]) == (2, 2, 5.0)
+        assert trainer.perturbation_rng("input_noise").random() == expected_draw
+    with pytest.raises(ValueError, match="snapshot must be a Snapshot"):
+        trainer.restore({"run": 2})  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="call reset"):
+        Counter().snapshot()

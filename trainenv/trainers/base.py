@@ -62,14 +62,37 @@ def _check_unique(field: str, names: list[str]) -> None:
         raise ValueError(f"{field} must have unique names; repeated: {repeated}")
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole state of a run at one moment, immutable by contract (``restore`` copies out
+    of it, so one snapshot serves any number of restores and forks may share it).
+
+    Attributes:
+        seed: The run's seed.
+        updates: Updates run since ``reset``.
+        knobs: Knob values in force.
+        rng: The run's global generator states (torch, numpy, Python, as declared).
+        perturbation_rngs: The interventions' noise generators, by intervention name.
+        run: The subclass's own state (:meth:`Trainer._state`).
+    """
+
+    seed: int | None
+    updates: int
+    knobs: Mapping[str, float]
+    rng: RunRng
+    perturbation_rngs: Mapping[str, np.random.Generator]
+    run: Any
+
+
 class Trainer(abc.ABC):
     """Owns one inner training run.
 
     A subclass declares its run in :meth:`_declare` (channels, knobs, events, performance
     range, RNG streams: a :class:`TrainerSpec`, read once by the constructor) and implements
-    the ``_reset``/``_advance``/``_apply_event`` hooks and ``snapshot``/``restore``. The base
-    class keeps the knobs, the run's own random state (swapped in around all of the run's
-    work) and the perturbation generators.
+    the ``_reset``/``_advance``/``_apply_event`` hooks, and ``_state``/``_load_state``: the
+    part of a snapshot only the subclass knows. The base class keeps the knobs, the update
+    count, the run's own random state (swapped in around all of the run's work) and the
+    perturbation generators, and wraps them around ``_state`` in :meth:`snapshot`.
 
     A subclass sets whatever its declaration depends on (its settings) before calling
     ``super().__init__()``.
@@ -145,13 +168,28 @@ class Trainer(abc.ABC):
     def evaluate(self) -> float:
         """The run's performance as of its latest evaluation (cheap: no extra training)."""
 
-    @abc.abstractmethod
-    def snapshot(self) -> Any:
-        """A copy of the run's whole state (weights, optimizer, data position, RNGs, knobs)."""
+    def snapshot(self) -> Snapshot:
+        """A copy of the run's whole state: the base's (knobs, update count, the run's RNG
+        states, perturbation generators) around the subclass's :meth:`_state`."""
+        rng = self._require_run()
+        return Snapshot(
+            seed=self.seed,
+            updates=self.updates,
+            knobs=dict(self._knobs),
+            rng=copy.copy(rng),  # its states are replaced, never mutated: share them
+            perturbation_rngs=copy.deepcopy(self._perturbation_rngs),
+            run=self._state(),
+        )
 
-    @abc.abstractmethod
-    def restore(self, snapshot: Any) -> None:
+    def restore(self, snapshot: Snapshot) -> None:
         """Return the run to ``snapshot``; the snapshot stays valid for further restores."""
+        if not isinstance(snapshot, Snapshot):
+            raise ValueError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
+        self._require_run()
+        self._load_state(snapshot.run)
+        self.seed, self.updates, self._knobs = snapshot.seed, snapshot.updates, dict(snapshot.knobs)
+        self._rng = copy.copy(snapshot.rng)
+        self._perturbation_rngs = copy.deepcopy(dict(snapshot.perturbation_rngs))
 
     def fork(self) -> Trainer:
         """An independent trainer continuing from exactly this run's state."""
@@ -212,29 +250,31 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def _apply_event(self, name: str, magnitude: float) -> None: ...
 
+    @abc.abstractmethod
+    def _state(self) -> Any:
+        """The subclass's part of a snapshot: everything of the run the base does not keep
+        (weights, optimizer, data position, inner environment, own generators).
+
+        Return copies, never live objects: a snapshot must not change as the run goes on
+        (``clone_tree`` copies state dicts quickly).
+        """
+
+    @abc.abstractmethod
+    def _load_state(self, state: Any) -> None:
+        """Put ``state`` (from :meth:`_state`) back in force, copying out of it: the same
+        snapshot may be restored again later."""
+
     def _shared(self) -> Iterable[object]:
         """Immutable objects a fork may share instead of copying (datasets, corpora)."""
         return ()
 
     def _active(self) -> Any:
+        return self._require_run().active()
+
+    def _require_run(self) -> RunRng:
         if self._rng is None:
             raise RuntimeError(f"{type(self).__name__}: call reset(seed) before using the run")
-        return self._rng.active()
-
-    def _base_state(self) -> dict[str, Any]:
-        """The base-class part of a snapshot."""
-        return {
-            "knobs": dict(self._knobs),
-            "updates": self.updates,
-            "rng": copy.copy(self._rng),  # its states are replaced, never mutated: share them
-            "perturbation_rngs": copy.deepcopy(self._perturbation_rngs),
-        }
-
-    def _restore_base_state(self, state: dict[str, Any]) -> None:
-        self._knobs = dict(state["knobs"])
-        self.updates = state["updates"]
-        self._rng = copy.copy(state["rng"])
-        self._perturbation_rngs = copy.deepcopy(state["perturbation_rngs"])
+        return self._rng
 
 
 # -- helpers shared by trainers that hold torch modules --------------------------------------

@@ -229,9 +229,8 @@ class CausalLMTrainer(Trainer):
     def info(self) -> dict[str, float]:
         return {"perplexity": self.perplexity}
 
-    def snapshot(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "base": self._base_state(),
             "model": clone_tree(self._model().state_dict()),
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "data_rng": copy.deepcopy(self._data_rng),
@@ -239,13 +238,12 @@ class CausalLMTrainer(Trainer):
             "val_loss": self._val_loss,
         }
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        self._restore_base_state(snapshot["base"])
-        self._model().load_state_dict(snapshot["model"])
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self._model().load_state_dict(state["model"])
         # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
-        self.optimizer.load_state_dict(clone_tree(snapshot["optimizer"]))
-        self._data_rng = copy.deepcopy(snapshot["data_rng"])
-        self._position, self._val_loss = snapshot["position"], snapshot["val_loss"]
+        self.optimizer.load_state_dict(clone_tree(state["optimizer"]))
+        self._data_rng = copy.deepcopy(state["data_rng"])
+        self._position, self._val_loss = state["position"], state["val_loss"]
         self._weights = parameters_to_vector(self._params).detach()
 
     def _apply_event(self, name: str, magnitude: float) -> None:

@@ -237,19 +237,17 @@ class SB3Trainer(Trainer):
         recent = itertools.islice(reversed(buffer), self.perf_episodes)
         return float(np.mean([episode["r"] for episode in recent]))
 
-    def snapshot(self) -> dict[str, Any]:
-        """The base state plus a deepcopy of the SB3 model: policy, optimizers, inner VecEnv
-        (Monitor and environment state), episode buffer, replay or rollout buffer."""
+    def _state(self) -> dict[str, Any]:
+        """A deepcopy of the SB3 model (policy, optimizers, inner VecEnv with its Monitor and
+        environment state, episode buffer, replay or rollout buffer) and the carried row."""
         return {
-            "base": self._base_state(),
             "model": copy.deepcopy(self._model()),
             "last_row": self._last_row.copy(),
         }
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        self._restore_base_state(snapshot["base"])
-        self.model = copy.deepcopy(snapshot["model"])
-        self._last_row = snapshot["last_row"].copy()
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model = copy.deepcopy(state["model"])
+        self._last_row = state["last_row"].copy()
 
     def _apply_event(self, name: str, magnitude: float) -> None:
         model = self._model()

@@ -126,9 +126,8 @@ class SupervisedTrainer(Trainer):
     def evaluate(self) -> float:
         return self._val_accuracy
 
-    def snapshot(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {
-            "base": self._base_state(),
             "model": clone_tree(self._model().state_dict()),
             "optimizer": clone_tree(self.optimizer.state_dict()),
             "perm": self._perm.clone(),
@@ -136,13 +135,12 @@ class SupervisedTrainer(Trainer):
             "validation": (self._val_loss, self._val_accuracy),
         }
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        self._restore_base_state(snapshot["base"])
-        self._model().load_state_dict(snapshot["model"])
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self._model().load_state_dict(state["model"])
         # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
-        self.optimizer.load_state_dict(clone_tree(snapshot["optimizer"]))
-        self._perm, self._cursor = snapshot["perm"].clone(), snapshot["cursor"]
-        self._val_loss, self._val_accuracy = snapshot["validation"]
+        self.optimizer.load_state_dict(clone_tree(state["optimizer"]))
+        self._perm, self._cursor = state["perm"].clone(), state["cursor"]
+        self._val_loss, self._val_accuracy = state["validation"]
         self._weights = parameters_to_vector(self._params).detach()
 
     def _apply_event(self, name: str, magnitude: float) -> None:
