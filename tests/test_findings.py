@@ -1,8 +1,9 @@
 """The statistics and verdict rules of ``trainenv findings`` on synthetic data with known
-answers, and the quick findings run end to end."""
+answers, the settings file and its run ids, and the quick findings run end to end."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -10,10 +11,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import trainenv.warning as ew
+import trainenv.findings.claims as F
+from tests.test_early_warning import synthetic_traces
 from trainenv import cli
-from trainenv.audit import findings as F
+from trainenv.audit.runner import plan_groups
 from trainenv.audit.store import ResultStore, RunRecord
+from trainenv.findings.config import CONFIG_FILE, Paradigm, load_config, quick_config
+from trainenv.findings.report import CLAIMS, write_findings
+from trainenv.findings.verdicts import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    RULES,
+    SUPPORTED,
+    overall,
+    verdict_buffering,
+    verdict_decoupling,
+    verdict_warning,
+)
+from trainenv.warning.simulation import task_id
 
 
 # -- claim 1 ------------------------------------------------------------------------------------
@@ -81,7 +96,29 @@ def test_decoupling_names_the_recipes_best_on_one_measure_only(tmp_path) -> None
     assert result.recipes["recipe"].iloc[0] == "f"  # best performance, stability rank 5 of 6
     # c: performance rank 4, stability rank 1 (tied with d, which is in the top half on both).
     assert result.discordant == ["c", "f"]
-    assert result.verdict == F.verdict_decoupling(result.lo, result.hi)
+    assert result.rho == pytest.approx(0.0)  # stability is symmetric in the performance rank
+
+
+def planted_outcomes(recipes: int, stability: np.ndarray, seeds: int = 3) -> pd.DataFrame:
+    """Per recipe i and seed: final_p = i / recipes (plus seed noise), the given stability."""
+    rng = np.random.default_rng(1)
+    return pd.DataFrame([
+        {"recipe": f"planted r{i:02d}", "seed": seed, "final_p": i / recipes + 0.001 * rng.random(),
+         "stability": stability[i]}
+        for i in range(recipes) for seed in range(seeds)
+    ])  # fmt: skip
+
+
+def test_decoupling_verdicts_of_planted_relations() -> None:
+    # Stability rising with performance: rho = 1 in every resample, so not decoupled.
+    coupled = F.decoupling(planted_outcomes(8, np.linspace(0.2, 0.9, 8)), n_boot=200)
+    assert (coupled.rho, coupled.lo, coupled.hi) == pytest.approx((1.0, 1.0, 1.0))
+    assert coupled.verdict == NOT_SUPPORTED
+    # Stability drawn independently of performance for 80 recipes: the CI sits near 0.
+    independent = np.random.default_rng(2).random(80)
+    decoupled = F.decoupling(planted_outcomes(80, independent), n_boot=200)
+    assert -0.5 < decoupled.lo < 0 < decoupled.hi < 0.5
+    assert decoupled.verdict == SUPPORTED
 
 
 # -- claim 2 ------------------------------------------------------------------------------------
@@ -109,23 +146,54 @@ def test_paired_differences_match_runs_by_seed_and_perturbation() -> None:
     np.testing.assert_allclose(pairs["d_collapsed"], [-1.0, 0.0])
 
 
+def planted_pairs(effect: float, seeds: int = 8, per_seed: int = 4) -> pd.DataFrame:
+    """Perturbed runs of recipes "x" and "x+noise" whose drawdowns differ by ``effect``."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for seed in range(seeds):
+        for m in range(per_seed):
+            drawdown = 0.3 + 0.05 * rng.standard_normal()
+            for recipe, value in (("x", drawdown), ("x+noise", drawdown + effect)):
+                rows.append({"recipe": recipe, "kind": "perturbed", "status": "ok",
+                             "seed": seed, "onset": 5, "intervention": "lr_shock",
+                             "magnitude": float(m), "drawdown": value,
+                             "collapsed": value > 0.5})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("effect", "verdict"),
+    [(-0.1, SUPPORTED), (0.1, NOT_SUPPORTED), (0.0, NOT_SUPPORTED)],  # 0: immaterial
+)
+def test_buffering_verdicts_of_planted_effects(effect: float, verdict: str) -> None:
+    result = F.buffering(planted_pairs(effect), "x", "x+noise", n_boot=200)
+    assert result.drawdown["mean"] == pytest.approx(effect, abs=1e-12)
+    assert result.verdict == verdict
+
+
+def test_early_warning_verdict_of_a_detector_that_warns_every_collapse() -> None:
+    result = F.early_warning(synthetic_traces(lead=4), horizon=4, false_alarm_rate=0.05,
+                             n_boot=200)  # fmt: skip
+    assert result.primary["detection_rate"] == 1.0 and result.verdict == SUPPORTED
+
+
 # -- verdict rules ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("lo", "hi", "verdict"),
-    [(-0.3, 0.4, F.SUPPORTED), (0.55, 0.9, F.NOT_SUPPORTED), (-0.95, -0.6, F.NOT_SUPPORTED),
-     (0.2, 0.8, F.INCONCLUSIVE), (math.nan, 0.1, F.INCONCLUSIVE)],
+    [(-0.3, 0.4, SUPPORTED), (0.55, 0.9, NOT_SUPPORTED), (-0.95, -0.6, NOT_SUPPORTED),
+     (0.2, 0.8, INCONCLUSIVE), (math.nan, 0.1, INCONCLUSIVE)],
 )  # fmt: skip
 def test_decoupling_rule(lo: float, hi: float, verdict: str) -> None:
-    assert F.verdict_decoupling(lo, hi) == verdict
+    assert verdict_decoupling(lo, hi) == verdict
 
 
 @pytest.mark.parametrize(
     ("lo", "hi", "verdict"),
-    [(-0.2, -0.05, F.SUPPORTED), (0.01, 0.2, F.NOT_SUPPORTED), (-0.01, 0.015, F.NOT_SUPPORTED),
-     (-0.015, -0.005, F.NOT_SUPPORTED), (-0.2, 0.1, F.INCONCLUSIVE)],
+    [(-0.2, -0.05, SUPPORTED), (0.01, 0.2, NOT_SUPPORTED), (-0.01, 0.015, NOT_SUPPORTED),
+     (-0.015, -0.005, NOT_SUPPORTED), (-0.2, 0.1, INCONCLUSIVE)],
 )  # fmt: skip
 def test_buffering_rule(lo: float, hi: float, verdict: str) -> None:
-    assert F.verdict_buffering(lo, hi) == verdict
+    assert verdict_buffering(lo, hi) == verdict
 
 
 def warning_row(**changes: float) -> dict[str, float]:
@@ -137,19 +205,19 @@ def warning_row(**changes: float) -> dict[str, float]:
 
 @pytest.mark.parametrize(
     ("changes", "verdict"),
-    [({}, F.SUPPORTED), ({"collapses": 4}, F.INCONCLUSIVE), ({"detected": 0}, F.NOT_SUPPORTED),
-     ({"auroc_lo": 0.3, "auroc_hi": 0.45}, F.NOT_SUPPORTED),
-     ({"lead_median_lo": 0.0, "lead_median_hi": 0.0}, F.NOT_SUPPORTED),
-     ({"detection_rate_lo": 0.3}, F.INCONCLUSIVE), ({"auroc_lo": 0.45}, F.INCONCLUSIVE)],
+    [({}, SUPPORTED), ({"collapses": 4}, INCONCLUSIVE), ({"detected": 0}, NOT_SUPPORTED),
+     ({"auroc_lo": 0.3, "auroc_hi": 0.45}, NOT_SUPPORTED),
+     ({"lead_median_lo": 0.0, "lead_median_hi": 0.0}, NOT_SUPPORTED),
+     ({"detection_rate_lo": 0.3}, INCONCLUSIVE), ({"auroc_lo": 0.45}, INCONCLUSIVE)],
 )  # fmt: skip
 def test_early_warning_rule(changes: dict[str, float], verdict: str) -> None:
-    assert F.verdict_warning(warning_row(**changes)) == verdict
+    assert verdict_warning(warning_row(**changes)) == verdict
 
 
 def test_overall_verdict_needs_agreement() -> None:
-    assert F.overall([F.SUPPORTED, F.SUPPORTED]) == F.SUPPORTED
-    assert F.overall([F.SUPPORTED, F.NOT_SUPPORTED]) == F.INCONCLUSIVE
-    assert F.overall([]) == F.INCONCLUSIVE
+    assert overall([SUPPORTED, SUPPORTED]) == SUPPORTED
+    assert overall([SUPPORTED, NOT_SUPPORTED]) == INCONCLUSIVE
+    assert overall([]) == INCONCLUSIVE
 
 
 # -- the quick run ------------------------------------------------------------------------------
@@ -163,42 +231,106 @@ def reported_verdicts(report: str) -> dict[int, dict[str, str]]:
     return out
 
 
+def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
+    """The report's verdict table, and each claim's section, state the planted results'
+    verdicts; the overall verdict is the paradigms' common one."""
+    config = quick_config()
+    findings = F.Findings(config, wall_s=60.0)
+    findings.decoupling["supervised"] = F.decoupling(
+        planted_outcomes(8, np.linspace(0.2, 0.9, 8)), n_boot=100
+    )
+    findings.buffering["supervised"] = F.buffering(planted_pairs(-0.1), "x", "x+noise", 100)
+    for paradigm in ("supervised", "RL"):
+        findings.warning[paradigm] = F.early_warning(synthetic_traces(lead=4), 4, 0.05, 100)
+    findings.warning["LM"] = F.early_warning(synthetic_traces(lead=4), 4, 0.05, 100)
+    findings.warning["LM"].verdict = NOT_SUPPORTED  # a paradigm that disagrees
+    text = write_findings(findings, tmp_path).read_text()
+    assert reported_verdicts(text) == {
+        1: {"supervised": NOT_SUPPORTED},
+        2: {"supervised": SUPPORTED},
+        3: {"supervised": SUPPORTED, "RL": SUPPORTED, "LM": NOT_SUPPORTED},
+    }
+    assert "Verdict (LM): **not supported**." in text
+    overall_cells = [line.split("|")[3].strip() for line in text.splitlines()
+                     if re.match(r"\| \d\. ", line)]  # fmt: skip
+    assert overall_cells == ["**not supported**", "**supported**", "**inconclusive**"]
+
+
+# -- the settings -------------------------------------------------------------------------------
+RUN_IDS = {  # sha256 of the sorted run ids of each paradigm: runs saved by earlier versions
+    ("quick", "supervised"): (322, "eb71e307a4b3011e"),
+    ("quick", "RL"): (12, "8773907314dc3ded"),
+    ("quick", "LM"): (9, "4fab7d4b9529f696"),
+    ("full", "supervised"): (1092, "85a4f3889f122852"),
+    ("full", "RL"): (196, "5f8a05b4b5b2a9c8"),
+    ("full", "LM"): (188, "9409b8888c81bb27"),
+}
+
+
+def run_ids(paradigm: Paradigm) -> list[str]:
+    ids = []
+    if {1, 2} & set(paradigm.claims):
+        for group in plan_groups(paradigm.plan(workers=2)):
+            ids += [group.baseline_id, *(p.run_id for p in group.perturbations)]
+    if 3 in paradigm.claims:
+        ids += [task_id(t) for t in paradigm.warning_tasks()]
+    return sorted(ids)
+
+
+@pytest.mark.parametrize("version", ["quick", "full"])
+def test_the_settings_file_keeps_the_saved_run_ids(version: str) -> None:
+    """Resuming relies on run ids: the data file gives the ids the code-written settings gave."""
+    for paradigm in load_config(version).paradigms:
+        ids = run_ids(paradigm)
+        digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16]
+        assert (len(ids), digest) == RUN_IDS[version, paradigm.name]
+
+
+def test_a_bad_settings_file_names_the_field(tmp_path) -> None:
+    path = tmp_path / "paradigms.yaml"
+    text = CONFIG_FILE.read_text()
+    path.write_text(text.replace("warning_horizon: 10", "warning_horizon: -1", 1))
+    with pytest.raises(ValueError, match="warning_horizon"):
+        load_config("full", path)
+    with pytest.raises(ValueError, match="version must be one of"):
+        load_config("medium", path)
+
+
+# -- the quick run ------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_quick_findings_report_verdicts_that_follow_from_its_data(tmp_path) -> None:
-    """``trainenv findings --quick`` writes the report, figures and data; every verdict in the
-    report is recomputed here from the data files by the rules."""
+def test_quick_findings_writes_its_report_and_resumes(tmp_path) -> None:
+    """``trainenv findings --quick`` writes the report, figures and data, with a verdict per
+    claim and paradigm the config tests; a rerun redoes no run and reports the same."""
     assert cli.main(["findings", "--quick", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     for claim in (1, 2, 3):
-        assert F.CLAIMS[claim] in text and F.RULES[claim] in text
+        assert CLAIMS[claim] in text and RULES[claim] in text
     for figure in ("claim1_decoupling.png", "claim2_stochasticity.png", "claim3_detectors.png"):
         assert (tmp_path / figure).stat().st_size > 0 and f"({figure})" in text
+    config, data = quick_config(), tmp_path / "data"
     reported = reported_verdicts(text)
-    n_boot, data = F.quick_config().n_boot, tmp_path / "data"
+    for claim in (1, 2, 3):
+        tested = {p.name for p in config.paradigms if claim in p.claims}
+        assert set(reported[claim]) == tested
 
     outcomes = pd.read_csv(data / "claim1_outcomes.csv")
-    assert list(outcomes["paradigm"].unique()) == ["supervised"]
-    assert outcomes["recipe"].nunique() == 9 and outcomes["final_p"].between(0, 1).all()
-    claim1 = F.decoupling(outcomes.drop(columns="paradigm"), n_boot)
-    assert reported[1] == {"supervised": claim1.verdict}
-
+    (digits,) = [p for p in config.paradigms if 1 in p.claims]
+    assert list(outcomes["paradigm"].unique()) == [digits.name]
+    assert outcomes["recipe"].nunique() == len(digits.grid_recipes())
+    assert len(outcomes) == len(digits.grid_recipes()) * digits.seeds
+    assert outcomes["final_p"].between(0, 1).all()
     pairs = pd.read_csv(data / "claim2_pairs.csv")
-    effect = F.paired_effect(pairs["d_drawdown"].to_numpy(), pairs["seed"].to_numpy(), n_boot)
-    assert reported[2] == {"supervised": F.verdict_buffering(effect["mean_lo"], effect["mean_hi"])}
-
+    assert len(pairs) == digits.seeds * sum(len(g.magnitudes) for g in digits.interventions)
     detectors = pd.read_csv(data / "claim3_detectors.csv")
-    assert set(detectors["detector"]) == set(ew.DETECTORS) and (detectors["collapses"] > 0).all()
+    assert (detectors["collapses"] > 0).all()
     assert detectors["false_alarm_rate"].between(0, 0.2).all()
-    claim3 = {
-        paradigm: F.verdict_warning(rows.set_index("detector").loc[ew.PRIMARY])
-        for paradigm, rows in detectors.groupby("paradigm")
-    }
-    assert reported[3] == claim3 and set(claim3) == {"supervised", "RL", "LM"}
 
     # A rerun into the same directory resumes: no run is redone, the verdicts are the same.
     runs = [f for sub in ("claim3", "audits") for f in (tmp_path / sub).rglob("*.parquet")]
     saved = {f: f.stat().st_mtime_ns for f in runs}
-    assert len(list((tmp_path / "claim3" / "runs").glob("*.parquet"))) == 6 * 7 + 4 * 3 + 3 * 3
+    expected = sum(p.warning_seeds * (1 + len(p.ramps)) for p in config.paradigms
+                   if 3 in p.claims)  # fmt: skip
+    assert len(list((tmp_path / "claim3" / "runs").glob("*.parquet"))) == expected
     assert cli.main(["findings", "--quick", "--out", str(tmp_path)]) == 0
     assert {f: f.stat().st_mtime_ns for f in saved} == saved
     assert reported_verdicts((tmp_path / "report.md").read_text()) == reported

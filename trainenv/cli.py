@@ -16,8 +16,11 @@ meta-state encoder and reference band; ``findings`` tests the seed paper's three
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--workers", type=int, help="parallel workers (default: the CPU count)")
     audit.add_argument("--address", help="Ray cluster address (with --backend ray)")
     audit.add_argument("--no-report", action="store_true", help="skip report.md and figures")
+    audit.add_argument(
+        "--flush-seconds",
+        type=float,
+        help="write finished runs to --out at least this often, in batches (default 30; "
+        "kill -9 loses at most these and the runs in flight; 0: each run as it finishes)",
+    )
     audit.set_defaults(command=_audit, name="audit")
 
     report = sub.add_parser(
@@ -101,18 +110,62 @@ def _audit(args: argparse.Namespace) -> int:
     from trainenv.audit.plan import AuditPlan, default_plan
     from trainenv.audit.report import format_summary, summarize, write_report
     from trainenv.audit.runner import run_audit
+    from trainenv.audit.store import FLUSH_SECONDS
 
     plan = AuditPlan.from_yaml(args.plan) if args.plan else default_plan()
-    store = run_audit(
-        plan, args.out, backend=args.backend, workers=args.workers, address=args.address
-    )
-    if args.no_report:
-        summary = summarize(store.runs())
-    else:
-        report, summary = write_report(args.out)
-        print(f"report: {report}")
+    with _interruptible():
+        try:
+            store = run_audit(
+                plan,
+                args.out,
+                backend=args.backend,
+                workers=args.workers,
+                address=args.address,
+                flush_seconds=FLUSH_SECONDS if args.flush_seconds is None else args.flush_seconds,
+            )
+            if args.no_report:
+                summary = summarize(store.runs())
+            else:
+                report, summary = write_report(args.out)
+                print(f"report: {report}")
+        except _Interrupted as stop:  # every finished run is written by now
+            print(f"trainenv audit: {INTERRUPTED}", file=sys.stderr)
+            return 128 + stop.signum
     print(format_summary(summary))
     return 0
+
+
+INTERRUPTED = "interrupted — rerun the same command to resume"
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived (``signum``); a BaseException, like KeyboardInterrupt, so
+    that no ``except Exception`` swallows it on its way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`_Interrupted` (in the main thread; further
+    signals are ignored while the audit writes its last batch and stops its workers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise _Interrupted(signum)
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -187,7 +240,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _findings(args: argparse.Namespace) -> int:
     import torch
 
-    from trainenv.audit.findings import FULL_EXPECTED_MINUTES, run_findings
+    from trainenv.findings import FULL_EXPECTED_MINUTES, run_findings
 
     torch.set_num_threads(1)
     if not args.quick:

@@ -1,0 +1,49 @@
+"""The seed paper's three claims, tested on trainenv's recipes: ``trainenv findings``.
+
+::
+
+    from trainenv.findings import run_findings
+
+    report, findings = run_findings("results/findings", quick=True, workers=2)  # resumable
+    print(findings.verdicts())
+
+1. *High final performance is frequently decoupled from training stability*.
+2. *Controlled stochasticity buffers learning dynamics*.
+3. *Meta-state deviations precede collapse*.
+
+Each verdict ("supported", "not supported", "inconclusive") is computed from confidence
+intervals by the rule written in the report (:data:`~trainenv.findings.verdicts.RULES`), never
+set by hand. ``--quick`` tests claims 1 and 2 on Digits-MLP and claim 3 on Digits-MLP,
+CartPole-PPO and TinyLM; the full run tests every claim on all three.
+
+Submodules: :mod:`~trainenv.findings.verdicts` (the rules), :mod:`~trainenv.findings.config`
+(per-paradigm settings, read from ``paradigms.yaml``), :mod:`~trainenv.findings.claims` (the
+statistics), :mod:`~trainenv.findings.run` (running the experiments, resumably),
+:mod:`~trainenv.findings.report` and :mod:`~trainenv.findings.figures` (the report).
+Names load on first use, so ``import trainenv.findings`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "run_findings": "trainenv.findings.run",
+    "write_findings": "trainenv.findings.report",
+    "Findings": "trainenv.findings.claims",
+    "FindingsConfig": "trainenv.findings.config",
+    "Paradigm": "trainenv.findings.config",
+    "load_config": "trainenv.findings.config",
+    "quick_config": "trainenv.findings.config",
+    "full_config": "trainenv.findings.config",
+    "FULL_EXPECTED_MINUTES": "trainenv.findings.config",
+    "RULES": "trainenv.findings.verdicts",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainenv.findings' has no attribute {name!r}")

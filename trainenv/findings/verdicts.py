@@ -1,0 +1,102 @@
+"""The verdict rules of the three claims: each verdict follows from confidence intervals by a
+rule stated in words (:data:`RULES`, printed in the report), never set by hand."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "CONFIDENCE",
+    "INCONCLUSIVE",
+    "NOT_SUPPORTED",
+    "OVERALL_RULE",
+    "RULES",
+    "SUPPORTED",
+    "overall",
+    "verdict_buffering",
+    "verdict_decoupling",
+    "verdict_warning",
+]
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+CONFIDENCE = 0.95
+STRONG = 0.5  # |Spearman rho| from here on is a strong association
+NEGLIGIBLE = 0.02  # a mean drawdown difference within +-this (units of p) is immaterial
+MIN_COLLAPSES = 5  # fewer collapses than this cannot test claim 3
+FALSE_ALARM_RATE = 0.02  # every detector's calibrated per-step false-alarm rate
+
+RULES = {
+    1: (
+        f"**supported** if the {CONFIDENCE:.0%} CI of Spearman's rho lies inside "
+        f"(-{STRONG}, {STRONG}): at most a moderate association either way; **not supported** "
+        f"if it lies entirely beyond -{STRONG} or +{STRONG} (performance and stability go "
+        "together, or trade off); **inconclusive** otherwise."
+    ),
+    2: (
+        f"**supported** if the {CONFIDENCE:.0%} CI of the mean paired drawdown difference "
+        f"(with minus without stochasticity, units of p) lies below 0 and not inside "
+        f"[-{NEGLIGIBLE}, {NEGLIGIBLE}]; **not supported** if it lies above 0 or inside "
+        f"[-{NEGLIGIBLE}, {NEGLIGIBLE}] (no material effect); **inconclusive** otherwise. The "
+        "collapse-rate difference is reported alongside."
+    ),
+    3: (
+        f"for the meta-state deviation detector at a {FALSE_ALARM_RATE:.0%} false-alarm rate: "
+        f"**supported** if the {CONFIDENCE:.0%} CIs of the AUROC and of the detection rate lie "
+        "above 0.5 and that of the median lead time above 0 updates; **not supported** if the "
+        "AUROC CI or the detection-rate CI lies below 0.5, or the lead-time CI at or below 0 "
+        f"(or no collapse is detected); **inconclusive** otherwise, and whenever fewer than "
+        f"{MIN_COLLAPSES} runs collapsed."
+    ),
+}
+OVERALL_RULE = (
+    "A claim's overall verdict is its paradigms' common verdict when they agree, else "
+    "inconclusive (the claims say the regularities hold across paradigms)."
+)
+
+
+def verdict_decoupling(lo: float, hi: float) -> str:
+    """Claim 1 from the CI ``[lo, hi]`` of Spearman's rho (see :data:`RULES`)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return INCONCLUSIVE
+    if lo > -STRONG and hi < STRONG:
+        return SUPPORTED
+    if lo >= STRONG or hi <= -STRONG:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_buffering(lo: float, hi: float) -> str:
+    """Claim 2 from the CI of the mean paired drawdown difference, with minus without."""
+    if math.isnan(lo) or math.isnan(hi):
+        return INCONCLUSIVE
+    immaterial = lo >= -NEGLIGIBLE and hi <= NEGLIGIBLE
+    if hi < 0 and not immaterial:
+        return SUPPORTED
+    if lo > 0 or immaterial:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_warning(row: Mapping[str, float]) -> str:
+    """Claim 3 from the primary detector's row of
+    :func:`~trainenv.warning.evaluation.evaluate_detectors`."""
+    if row["collapses"] < MIN_COLLAPSES:
+        return INCONCLUSIVE
+    if row["detected"] == 0:
+        return NOT_SUPPORTED
+    bounds = [row[k] for k in ("auroc_lo", "auroc_hi", "detection_rate_lo", "detection_rate_hi",
+                               "lead_median_lo", "lead_median_hi")]  # fmt: skip
+    if any(math.isnan(b) for b in bounds):
+        return INCONCLUSIVE
+    auroc_lo, auroc_hi, rate_lo, rate_hi, lead_lo, lead_hi = bounds
+    if auroc_lo > 0.5 and rate_lo > 0.5 and lead_lo > 0:
+        return SUPPORTED
+    if auroc_hi < 0.5 or rate_hi < 0.5 or lead_hi <= 0:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def overall(verdicts: Sequence[str]) -> str:
+    """The common verdict of the paradigms, else inconclusive (:data:`OVERALL_RULE`)."""
+    return verdicts[0] if verdicts and len(set(verdicts)) == 1 else INCONCLUSIVE
