@@ -13,6 +13,7 @@ import pytest
 import trainenv  # noqa: F401  (registers the environments)
 import trainenv.warning as ew
 from trainenv import cli
+from trainenv.audit.store import ResultStore
 from trainenv.calibration import calibrate
 from trainenv.core.band import ReferenceBand
 from trainenv.core.collapse import CollapseRule
@@ -284,3 +285,20 @@ def test_simulated_runs_record_what_the_env_reports() -> None:
     assert ramp.collapse_onset > ramp.ramp_onset and len(ramp.p) >= ramp.collapse_onset
     np.testing.assert_array_equal(reference.p[:10], ramp.p[:10])  # same seed, same prefix
     assert ramp.inputs["deviation"][-1] > reference.inputs["deviation"].max()
+
+
+def test_simulate_runs_stores_each_run_and_resumes(tmp_path) -> None:
+    """Runs go through the shared task runner into a results store; a second call reads them
+    back instead of rerunning them, and gives the same traces."""
+    ramp = ew.Ramp("lr_shock", 2.0, 300.0, steps=5, onset=3)
+    tasks = ew.tasks_for("supervised", DIGITS, [ramp], [0], env_kwargs={"max_steps": 8})
+    store = ResultStore(tmp_path)
+    first = ew.simulate_runs(tasks, store, workers=1, progress=False)
+    assert sorted(t.scenario for t in first) == sorted(t.scenario for t in tasks)
+    files = {f: f.stat().st_mtime_ns for f in (tmp_path / "runs").glob("*.parquet")}
+    assert len(ResultStore(tmp_path).finished()) == len(tasks)
+    again = ew.simulate_runs(tasks, ResultStore(tmp_path), workers=1, progress=False)
+    assert {f: f.stat().st_mtime_ns for f in files} == files
+    for a, b in zip(first, again):
+        assert (a.seed, a.scenario, a.collapse_onset) == (b.seed, b.scenario, b.collapse_onset)
+        np.testing.assert_array_equal(a.p, b.p)

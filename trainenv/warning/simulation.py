@@ -293,16 +293,17 @@ def simulate_runs(
     finishes (one ``steps/`` table per run, id :func:`task_id`; runs already there are read
     back, not rerun). Returns every task's trace, sorted by paradigm, seed and scenario."""
     backend = make_backend(backend_for(workers), workers)
-    store.prepare()
     ids = {(t.paradigm, t.seed, t.scenario): task_id(t) for t in tasks}
-    finished = store.finished()
-    todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
 
     def record(trace: Trace) -> list[RunRecord]:
-        steps = traces_frame([trace]).to_dict("records")
         rid = ids[trace.paradigm, trace.seed, trace.scenario]
+        steps = traces_frame([trace]).assign(run_id=rid).to_dict("records")
         return [RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps)]
 
-    run_tasks(simulate_run, todo, store, record, backend=backend, total=len(tasks),
-              done=len(tasks) - len(todo), desc="early warning", progress=progress)  # fmt: skip
+    with store:  # locks the folder; on leaving, writes what is buffered and unlocks
+        finished = store.finished()
+        todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
+        run_tasks(simulate_run, todo, store, record, backend=backend, total=len(tasks),
+                  done=len(tasks) - len(todo), desc="early warning",
+                  progress=progress)  # fmt: skip
     return read_traces(store.steps(ids.values()))
