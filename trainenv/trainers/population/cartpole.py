@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
@@ -37,16 +37,22 @@ class MemberCartPoles:
         self._return = np.zeros((n_members, n_envs))
         self.episodes: list[deque[float]] = [deque(maxlen=perf_episodes) for _ in range(n_members)]
 
+    @property
+    def _state(self) -> np.ndarray:
+        """The vector env's physical state ``(4, n_members * n_envs)``, float64 (a new array
+        after every step: read it through this property)."""
+        return cast(np.ndarray, self.env.state)
+
     def reset_member(self, member: int, rng: np.random.Generator) -> np.ndarray:
         """Start ``member``'s environments afresh from ``rng``; returns their observations
         ``(n_envs, 4)``."""
         self._rngs[member] = rng
         cols = self._columns(np.array([member]))
-        self.env.state[:, cols] = rng.uniform(_INIT_LOW, _INIT_HIGH, size=(4, self.n_envs))
+        self._state[:, cols] = rng.uniform(_INIT_LOW, _INIT_HIGH, size=(4, self.n_envs))
         self.env.steps[cols] = 0
         self._return[member] = 0.0
         self.episodes[member].clear()
-        return self.env.state[:, cols].T.astype(np.float32)
+        return self._state[:, cols].T.astype(np.float32)
 
     def step(
         self, index: np.ndarray, actions: np.ndarray
@@ -60,11 +66,11 @@ class MemberCartPoles:
         """
         env, cols = self.env, self._columns(index)
         frozen = np.setdiff1d(np.arange(env.num_envs), cols)
-        kept = (env.state[:, frozen].copy(), env.steps[frozen].copy())
+        kept = (self._state[:, frozen].copy(), env.steps[frozen].copy())
         full = np.zeros(env.num_envs, dtype=np.int64)
         full[cols] = actions.reshape(-1)
         final, rewards, terminated, truncated, _ = env.step(full)
-        env.state[:, frozen], env.steps[frozen] = kept
+        self._state[:, frozen], env.steps[frozen] = kept
         shape = (len(index), self.n_envs)
         final, rewards = final[cols].reshape(*shape, 4), rewards[cols].reshape(shape)
         terminated, truncated = terminated[cols].reshape(shape), truncated[cols].reshape(shape)
@@ -75,10 +81,10 @@ class MemberCartPoles:
             self.episodes[member].append(float(self._return[member, e]))
             self._return[member, e] = 0.0
             col = member * self.n_envs + e
-            env.state[:, col] = self._rngs[member].uniform(_INIT_LOW, _INIT_HIGH, size=4)
+            self._state[:, col] = self._rngs[member].uniform(_INIT_LOW, _INIT_HIGH, size=4)
             env.steps[col] = 0
         env.prev_done[:] = False  # the resets are done: the vector env must not redo them
-        obs = env.state[:, cols].T.astype(np.float32).reshape(*shape, 4)
+        obs = self._state[:, cols].T.astype(np.float32).reshape(*shape, 4)
         return obs, rewards, terminated, truncated, final
 
     def performance(self, floor: float) -> np.ndarray:
@@ -89,7 +95,7 @@ class MemberCartPoles:
     def member_state(self, member: int) -> dict[str, Any]:
         cols = self._columns(np.array([member]))
         return {
-            "state": self.env.state[:, cols].copy(),
+            "state": self._state[:, cols].copy(),
             "steps": self.env.steps[cols].copy(),
             "rng": _copy_generator(self._rngs[member]),
             "return": self._return[member].copy(),
@@ -98,7 +104,7 @@ class MemberCartPoles:
 
     def load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
         cols = self._columns(np.array([member]))
-        self.env.state[:, cols] = state["state"]
+        self._state[:, cols] = state["state"]
         self.env.steps[cols] = state["steps"]
         self._rngs[member] = _copy_generator(state["rng"])
         self._return[member] = state["return"]

@@ -34,6 +34,7 @@ from trainenv.trainers.population.stacked import (
     linear,
     member_norms,
     orthogonal_linear_,
+    tanh,
 )
 from trainenv.trainers.sb3 import SB3Trainer
 
@@ -188,7 +189,9 @@ class CartPolePPOPopulation(PopulationTrainer):
         views = self._views(member)
         rng = self.perturbation_rng(member, name)
         # The first linear layer of SB3's policy is the policy network's first layer.
-        apply_member_event(name, magnitude, member, views, self.optimizer, views[:2], rng)
+        apply_member_event(
+            name, magnitude, member, views, self.optimizer, (views[0], views[1]), rng
+        )
 
     def _views(self, member: int) -> list[torch.Tensor]:
         """Member ``member``'s weight tensors in SB3's order (policy net, value net, heads):
@@ -234,10 +237,8 @@ class CartPolePPOPopulation(PopulationTrainer):
         g, b = obs.shape[:2]
         w1, b1, w2, b2, w_pi, b_pi, w_v, b_v = weights
         x = obs.unsqueeze(1).expand(g, 2, b, _OBS).reshape(2 * g, b, _OBS)
-        h = torch.tanh(linear(x, w1.reshape(2 * g, _OBS, _HIDDEN), b1.reshape(2 * g, 1, _HIDDEN)))
-        h = torch.tanh(
-            linear(h, w2.reshape(2 * g, _HIDDEN, _HIDDEN), b2.reshape(2 * g, 1, _HIDDEN))
-        )
+        h = tanh(linear(x, w1.reshape(2 * g, _OBS, _HIDDEN), b1.reshape(2 * g, 1, _HIDDEN)))
+        h = tanh(linear(h, w2.reshape(2 * g, _HIDDEN, _HIDDEN), b2.reshape(2 * g, 1, _HIDDEN)))
         h = h.view(g, 2, b, _HIDDEN)
         return linear(h[:, 0], w_pi, b_pi), linear(h[:, 1], w_v, b_v).squeeze(-1)
 
@@ -270,10 +271,10 @@ class CartPolePPOPopulation(PopulationTrainer):
                     torch.from_numpy(starts),
                 )
                 log_prob_buf[t] = log_probs.gather(-1, actions[..., None]).squeeze(-1)
-                next_obs, rewards, terminated, truncated, final = self.envs.step(
+                next_obs, true_rewards, terminated, truncated, final = self.envs.step(
                     live, actions.numpy()
                 )
-                rewards = torch.from_numpy(self._learner_rewards(live, rewards))
+                rewards = torch.from_numpy(self._learner_rewards(live, true_rewards))
                 timeout = truncated & ~terminated
                 if timeout.any():  # bootstrap cut-off episodes with the value of where they got
                     final_values = self._forward(
@@ -365,13 +366,13 @@ class CartPolePPOPopulation(PopulationTrainer):
         returns = batch["returns"].double()
         var_returns = _variance(returns)
         explained = 1 - _variance(returns - batch["values"].double()) / var_returns
-        explained = torch.where(var_returns == 0, torch.nan, explained).numpy()
+        explained_variance = torch.where(var_returns == 0, torch.nan, explained).numpy()
         row = np.zeros((g, len(self.channels)))
         c = self._channel
         row[:, c["policy_gradient_loss"]], row[:, c["value_loss"]] = means["pg"], means["vf"]
         row[:, c["entropy_loss"]], row[:, c["clip_fraction"]] = means["ent"], means["clip"]
         row[:, c["approx_kl"]] = torch.stack(kls).double().mean(0).numpy()  # the last epoch's
-        row[:, c["explained_variance"]] = explained
+        row[:, c["explained_variance"]] = explained_variance
         row[:, c["loss"]] = loss.detach().double().numpy()  # the last minibatch's
         row[:, c["grad_norm"]], row[:, c["lr"]] = means["norm"], lr
         return row

@@ -15,14 +15,15 @@ one thread, they are bitwise identical alone and in any batch, with one exceptio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainenv.core.rng import torch_generator
-from trainenv.trainers.base import add_weight_noise, reset_first_linear, rescale_weights
+from trainenv.trainers.torch import add_weight_noise, rescale_weights, reset_first_linear
 
 Members = np.ndarray | None
 """Indices of the members a computation covers, or ``None`` for all of them in order."""
@@ -35,6 +36,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
         # that rounds differently from the batched one (measured): multiply and sum instead.
         return (x * weight.transpose(1, 2)).sum(-1, keepdim=True) + bias
     return torch.baddbmm(bias, x, weight)
+
+
+class _Tanh(torch.autograd.Function):
+    """``tanh(x)`` computed as ``2 sigmoid(2x) - 1`` (within 2e-7 of ``torch.tanh``): torch's
+    CPU ``tanh`` ran ~6x slower than its ``sigmoid`` on these machines (measured, float32)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """The hyperbolic tangent, differentiable (see :class:`_Tanh`)."""
+    return _Tanh.apply(x)
 
 
 def uniform_linear_(weight: torch.Tensor, bias: torch.Tensor, generator: torch.Generator) -> None:
@@ -152,18 +174,18 @@ class StackedAdam:
         if fraction >= 1.0:
             self.steps[member] = 0
 
-    def member_state(self, member: int) -> dict[str, object]:
+    def member_state(self, member: int) -> dict[str, Any]:
         return {
             "exp_avg": [m[member].clone() for m in self.exp_avg],
             "exp_avg_sq": [v[member].clone() for v in self.exp_avg_sq],
             "steps": int(self.steps[member]),
         }
 
-    def load_member_state(self, member: int, state: dict[str, object]) -> None:
+    def load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
-            for target, saved in zip(self.exp_avg, state["exp_avg"]):  # type: ignore[call-overload]
+            for target, saved in zip(self.exp_avg, state["exp_avg"]):
                 target[member] = saved
-            for target, saved in zip(self.exp_avg_sq, state["exp_avg_sq"]):  # type: ignore[call-overload]
+            for target, saved in zip(self.exp_avg_sq, state["exp_avg_sq"]):
                 target[member] = saved
         self.steps[member] = state["steps"]
 

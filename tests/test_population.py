@@ -1,0 +1,213 @@
+"""Populations: members are runs (per-member knobs, events, forks, divergence), batch-invariant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from trainenv.trainers.population import (
+    CartPolePPOPopulation,
+    DigitsMLPPopulation,
+    PopulationTrainer,
+)
+
+FAST_PPO = {"n_steps": 8, "n_epochs": 2}  # a quick variant of the recipe for the tests
+
+
+def digits(n: int) -> PopulationTrainer:
+    return DigitsMLPPopulation(n)
+
+
+def ppo(n: int) -> PopulationTrainer:
+    return CartPolePPOPopulation(n, algo_kwargs=FAST_PPO)
+
+
+RECIPES = [pytest.param(digits, 12, id="digits"), pytest.param(ppo, 2, id="ppo")]
+"""(factory, updates per advance): enough updates to cross a validation pass / episodes."""
+
+
+def started(make: Callable[[int], PopulationTrainer], seeds: list[int]) -> PopulationTrainer:
+    population = make(len(seeds))
+    population.reset(seeds)
+    return population
+
+
+def member_params(population: PopulationTrainer, member: int) -> list[torch.Tensor]:
+    return [p[member].clone() for p in population.params]  # type: ignore[attr-defined]
+
+
+def assert_same_params(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b, strict=True):  # bit for bit, NaN where NaN
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_batch_invariance_alone_and_as_a_member(make, k) -> None:
+    """Bit for bit on CPU: a seed alone (N=1) and as member 3 of 4 give the same telemetry,
+    also when another member trains in a separate group (its own batch size)."""
+    alone = started(make, [7]).advance(k)
+    population = started(make, [1, 2, 3, 7])
+    population.set_knob(1, "batch_shrink", 2.0)
+    together = population.advance(k)
+    assert together.n_updates.tolist() == [k] * 4
+    np.testing.assert_array_equal(together.values[3], alone.values[0])
+    assert not np.array_equal(together.values[0], together.values[3])  # seeds matter
+
+
+def test_ppo_recipe_batch_invariance_and_learning() -> None:
+    """The registered recipe itself (8 envs x 32 steps, 20 epochs): N=1 and member 2 of 3 agree."""
+    alone = CartPolePPOPopulation(1)
+    alone.reset([5])
+    population = CartPolePPOPopulation(3)
+    population.reset([0, 1, 5])
+    np.testing.assert_array_equal(population.advance(2).values[2], alone.advance(2).values[0])
+    np.testing.assert_array_equal(population.evaluate()[2], alone.evaluate()[0])
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_knob_acts_on_its_member_only(make, k) -> None:
+    reference = started(make, [0, 1, 2]).advance(k)
+    population = started(make, [0, 1, 2])
+    population.set_knob(1, "lr_scale", 10.0)
+    telemetry = population.advance(k)
+    assert population.knobs(1)["lr_scale"] == 10.0
+    assert population.knobs(0)["lr_scale"] == population.knobs(2)["lr_scale"] == 1.0
+    lr = [c.name for c in population.channels].index("lr")
+    assert telemetry.values[1, 0, lr] == 10.0 * reference.values[1, 0, lr]
+    for member in (0, 2):
+        np.testing.assert_array_equal(telemetry.values[member], reference.values[member])
+    population.reset_knob(1, "lr_scale")
+    assert population.knob_values("lr_scale").tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+@pytest.mark.parametrize(
+    "event", ["weight_noise", "weight_rescale", "layer_reset", "optimizer_reset"]
+)
+def test_event_acts_on_its_member_only(make, k, event) -> None:
+    population = started(make, [0, 1, 2])
+    population.advance(1)
+    before = [member_params(population, m) for m in range(3)]
+    optimizer_before = population.optimizer.member_state(0)  # type: ignore[attr-defined]
+    population.apply_event(1, event, 0.5)
+    assert_same_params(member_params(population, 0), before[0])
+    assert_same_params(member_params(population, 2), before[2])
+    if event == "optimizer_reset":
+        moments = population.optimizer.member_state(1)["exp_avg"]  # type: ignore[attr-defined]
+        assert all(float(m.abs().sum()) > 0 for m in moments)  # halved, not cleared
+        assert_same_params(optimizer_before["exp_avg"],
+                           population.optimizer.member_state(0)["exp_avg"])  # type: ignore[attr-defined]  # fmt: skip
+    else:
+        after = member_params(population, 1)
+        assert not all(torch.equal(x, y) for x, y in zip(after, before[1]))
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_copied_member_continues_like_its_source(make, k) -> None:
+    population = started(make, [0, 1, 2])
+    population.set_knob(0, "grad_clip", 0.3)
+    population.advance(k)
+    population.copy_member(0, 2)
+    assert population.knobs(2)["grad_clip"] == 0.3
+    assert population.seeds[2] == 0 and population.updates[2] == population.updates[0]
+    telemetry = population.advance(k)
+    np.testing.assert_array_equal(telemetry.values[2], telemetry.values[0])
+    assert population.evaluate()[2] == population.evaluate()[0]
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_restored_snapshot_reproduces_the_continuation(make, k) -> None:
+    population = started(make, [3, 4])
+    population.advance(k)
+    snapshot = population.snapshot(1)
+    first = population.advance(k).values[1]
+    population.restore(1, snapshot)
+    np.testing.assert_array_equal(population.advance(k).values[1], first)
+    population.restore(1, snapshot)  # a snapshot stays valid for further restores
+    np.testing.assert_array_equal(population.advance(k).values[1], first)
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_reset_member_touches_that_member_only(make, k) -> None:
+    population = started(make, [0, 1])
+    population.advance(k)
+    kept = member_params(population, 0)
+    population.reset_member(1, 9)
+    assert_same_params(member_params(population, 0), kept)
+    assert population.seeds == [0, 9] and population.updates.tolist() == [k, 0]
+    fresh = started(make, [9])
+    assert_same_params(member_params(population, 1), member_params(fresh, 0))
+
+
+@pytest.mark.parametrize(("make", "k"), RECIPES)
+def test_diverged_member_is_frozen_and_the_others_carry_on(make, k) -> None:
+    reference = started(make, [0, 1, 2]).advance(k)
+    population = started(make, [0, 1, 2])
+    population.apply_event(1, "weight_rescale", 1e30)
+    telemetry = population.advance(k)
+    assert telemetry.diverged.tolist() == [False, True, False]
+    assert telemetry.n_updates[1] == 1 and np.isnan(telemetry.values[1, 1:]).all()
+    assert telemetry.member(1).diverged and len(telemetry.member(1).values) == 1
+    for member in (0, 2):
+        np.testing.assert_array_equal(telemetry.values[member], reference.values[member])
+    frozen = member_params(population, 1)
+    again = population.advance(1)
+    assert again.n_updates.tolist() == [1, 0, 1] and again.diverged[1]
+    assert_same_params(member_params(population, 1), frozen)
+    population.reset_member(1, 1)
+    assert not population.diverged[1]
+
+
+def test_bad_input_raises_before_any_work() -> None:
+    population = started(digits, [0, 1])
+    state = member_params(population, 0)
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: population.set_knob(2, "lr_scale", 2.0), "member"),
+        (lambda: population.set_knob(-1, "lr_scale", 2.0), "member"),
+        (lambda: population.set_knob(0, "no_such_knob", 2.0), "no_such_knob"),
+        (lambda: population.set_knob(0, "lr_scale", -1.0), "lr_scale"),
+        (lambda: population.apply_event(5, "weight_noise", 0.1), "member"),
+        (lambda: population.apply_event(0, "no_such_event", 0.1), "no_such_event"),
+        (lambda: population.copy_member(0, 2), "dst"),
+        (lambda: population.snapshot(True), "member"),  # type: ignore[arg-type]
+        (lambda: population.reset([1]), "seeds"),
+        (lambda: population.reset([0, -1]), "seeds[1]"),
+        (lambda: population.reset_member(0, 1.5), "seed"),  # type: ignore[arg-type]
+        (lambda: population.advance(0), "k"),
+        (lambda: DigitsMLPPopulation(0), "n_members"),
+        (lambda: DigitsMLPPopulation(2, batch_size=0), "batch_size"),
+        (lambda: CartPolePPOPopulation(2, algo_kwargs={"target_kl": 0.1}), "target_kl"),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            call()
+    assert_same_params(member_params(population, 0), state)
+    assert population.knob_values("lr_scale").tolist() == [1.0, 1.0]
+    assert population.updates.tolist() == [0, 0]
+
+
+def test_declarations_match_the_single_run_trainers() -> None:
+    from trainenv.envs import CARTPOLE_PPO_RECIPE, make_cartpole_ppo
+    from trainenv.trainers.population.ppo import CARTPOLE_PPO_RECIPE as POPULATION_RECIPE
+    from trainenv.trainers.supervised import SupervisedTrainer
+
+    assert POPULATION_RECIPE == CARTPOLE_PPO_RECIPE
+    single = make_cartpole_ppo(observation="telemetry").unwrapped.trainer  # type: ignore[attr-defined]
+    population = CartPolePPOPopulation(1)
+    assert population.channels == single.channels
+    assert population.knob_specs == single.knob_specs
+    assert population.events == single.events
+    assert population.performance_range == single.performance_range
+    mlp, supervised = DigitsMLPPopulation(1), SupervisedTrainer()
+    assert (mlp.channels, mlp.knob_specs, mlp.events) == (
+        supervised.channels, supervised.knob_specs, supervised.events,
+    )  # fmt: skip
+
+
+def test_digits_members_learn() -> None:
+    population = started(digits, [0, 1])
+    population.advance(150)
+    assert (population.evaluate() > 0.8).all()
