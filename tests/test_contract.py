@@ -23,12 +23,14 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import trainenv
+from trainenv.core import interventions as registry
 from trainenv.core.actions import DiscreteMenu
 from trainenv.env import TrainEnv
 
 MODES = ("discrete", "continuous")
 LM_SMALL = {"batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1, "warmup": 4}
-PPO_SMALL = {"n_envs": 1, "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}
+PPO_SMALL = {"n_envs": 1, "perf_episodes": 2,
+             "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}  # fmt: skip
 SMALL_TRAINER: dict[str, dict[str, Any]] = {
     "trainenv/CartPole-PPO-v0": PPO_SMALL,
     "trainenv/TinyLM-v0": LM_SMALL,
@@ -65,7 +67,8 @@ def _supervised() -> Any:
 def _a2c() -> Any:
     from trainenv.trainers.sb3 import SB3Trainer
 
-    return SB3Trainer("A2C", algo_kwargs={"n_steps": 8, "policy_kwargs": {"net_arch": [16]}})
+    small = {"n_steps": 8, "policy_kwargs": {"net_arch": [16]}}
+    return SB3Trainer("A2C", algo_kwargs=small, perf_episodes=2)
 
 
 def _causal_lm() -> Any:
@@ -86,9 +89,7 @@ CASES: dict[str, Callable[[str], TrainEnv]] = {
 # -- helpers ----------------------------------------------------------------------------------
 def noop(env: TrainEnv) -> Any:
     """The action that applies nothing."""
-    if isinstance(env.action_spec, DiscreteMenu):
-        return 0
-    return np.full(env.action_space.shape, -1.0, np.float32)
+    return env.action_spec.encode({})
 
 
 def actions(env: TrainEnv, n: int, seed: int = 0) -> list[Any]:
@@ -230,10 +231,19 @@ def strongest(intervention: Any) -> float:
     return float(intervention.low if intervention.name in low_end else intervention.high)
 
 
+REPEATS = {"user:SB3Trainer-A2C", "user:CausalLMTrainer"}
+"""User-built cases whose trainer class a registered env already runs through the
+per-intervention checks: those parametrizations are marked slow."""
+
+
+def marks(name: str) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.slow] if name in REPEATS else []
+
+
 OFFERED = [
-    pytest.param(name, i.name, id=f"{name}-{i.name}")
+    pytest.param(name, i.name, id=f"{name}-{i.name}", marks=marks(name))
     for name in CASES
-    for i in shared_env(name).action_spec.interventions
+    for i in shared_env(name).interventions
 ]
 
 
@@ -243,12 +253,12 @@ def test_every_offered_intervention_changes_the_run(name: str, intervention: str
     ``info`` (applied; its knob in force, on the trainer too) and the run's telemetry differs
     from a fork's that took a no-op instead (whose knob stays at its default)."""
     env = shared_env(name)
-    chosen = next(i for i in env.action_spec.interventions if i.name == intervention)
+    chosen = env.action_spec.intervention(intervention)
     run(env, [noop(env)] * 2, seed=1)
     twin = env.fork()
     magnitude = strongest(chosen)
-    info = env.step(env.action_spec.encode({intervention: magnitude}))[4]
-    twin_info = twin.step(noop(env))[4]
+    info = env.intervene({intervention: magnitude})[4]
+    twin_info = twin.intervene({})[4]
     assert info["applied"] == [(intervention, pytest.approx(magnitude, rel=1e-4))]
     assert twin_info["applied"] == []
     if chosen.knob:
@@ -256,3 +266,76 @@ def test_every_offered_intervention_changes_the_run(name: str, intervention: str
         assert env.trainer.knobs[chosen.knob] == info["knobs"][chosen.knob]
         assert twin_info["knobs"][chosen.knob] == env.trainer.knob_spec(chosen.knob).default
     assert info["telemetry"] != twin_info["telemetry"]
+
+
+# -- the intervention-level API: step(action) is intervene(decode(action)) --------------------
+def test_intervening_with_nothing_is_the_noop_step(
+    case: Callable[[str], TrainEnv], mode: str
+) -> None:
+    env = case(mode)
+    run(env, [noop(env)], seed=7)
+    twin = env.fork()
+    stepped = run(twin, [noop(env)] * 3)
+    intervened = [env.intervene({}) for _ in range(3)]
+    assert_identical(intervened, stepped)
+
+
+def menu_magnitude(env: TrainEnv, intervention: Any) -> float:
+    """A magnitude the action spec represents: the top menu level, or the strongest one."""
+    if isinstance(env.action_spec, DiscreteMenu):
+        name = intervention.name
+        return max(entry[name] for entry in env.action_spec.entries if name in entry)
+    return strongest(intervention)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=marks(n)) for n in CASES])
+def test_stepping_an_encoded_action_is_intervening_with_its_magnitudes(
+    name: str, mode: str
+) -> None:
+    """For every offered intervention: ``encode`` names the magnitude (exactly on a menu,
+    within float32 rounding on a box), and stepping the action is intervening with what it
+    decodes to, bit for bit."""
+    env = CASES[name](mode)
+    run(env, [noop(env)], seed=8)
+    for intervention in env.interventions:
+        magnitude = menu_magnitude(env, intervention)
+        action = env.action_spec.encode({intervention.name: magnitude})
+        decoded = env.action_spec.decode(action)
+        if mode == "discrete":
+            assert decoded == {intervention.name: magnitude}
+        else:
+            assert decoded == {intervention.name: pytest.approx(magnitude, rel=1e-5)}
+        twin = env.fork()
+        assert_identical([env.fork().intervene(decoded)], [twin.step(action)])
+
+
+def bad_interventions(env: TrainEnv) -> list[Any]:
+    """Calls ``intervene`` must reject: unknown or unoffered names, magnitudes out of range or
+    not numbers, non-mappings, and a valid intervention next to an invalid one."""
+    first = env.interventions[0]
+    unoffered = [i.name for i in registry.all_interventions() if i not in env.interventions]
+    bad_magnitudes = [first.high * 2, first.low / 2 if first.low > 0 else first.low - 1,
+                      np.nan, np.inf, -np.inf, "1", None, True]  # fmt: skip
+    return [
+        {"no_such_intervention": 1.0},
+        *({name: 1.0} for name in unoffered[:1]),
+        *({first.name: bad} for bad in bad_magnitudes),
+        {first.name: strongest(first), "no_such_intervention": 1.0},
+        [(first.name, strongest(first))],
+        first.name,
+        None,
+    ]
+
+
+def test_bad_interventions_raise_before_the_run_is_touched(
+    case: Callable[[str], TrainEnv],
+) -> None:
+    env = case("continuous")
+    run(env, [noop(env)], seed=0)
+    twin, updates, knobs = env.fork(), env.trainer.updates, env.trainer.knobs
+    for bad in bad_interventions(env):
+        with pytest.raises(ValueError):
+            env.intervene(bad)
+        assert env.trainer.updates == updates and env.trainer.knobs == knobs, bad
+    steps = actions(env, 3, seed=4)
+    assert_identical(run(env, steps), run(twin, steps))
