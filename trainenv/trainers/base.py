@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator, torch_generator
+from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 
 
@@ -242,10 +241,28 @@ class Trainer(abc.ABC):
 
     # -- for subclasses -----------------------------------------------------------------------
     @abc.abstractmethod
-    def _reset(self, seed: int) -> None: ...
+    def _reset(self, seed: int) -> None:
+        """Build a fresh run from ``seed`` (called inside the run's own RNG states)."""
 
-    @abc.abstractmethod
-    def _advance(self, k: int) -> Telemetry: ...
+    def _advance(self, k: int) -> Telemetry:
+        """Run up to ``k`` updates with :meth:`_update`, stopping after the first one
+        :meth:`_diverged` flags. Override it instead for a run that computes ``k`` updates
+        at once."""
+        rows = np.empty((k, len(self.channels)))
+        for i in range(k):
+            rows[i] = self._update(self.updates + i + 1)
+            if self._diverged(rows[i]):
+                return Telemetry(rows[: i + 1], diverged=True)
+        return Telemetry(rows)
+
+    def _update(self, number: int) -> Sequence[float] | np.ndarray:
+        """Run update number ``number`` (1-based) of the run; return its telemetry row, one
+        value per declared channel."""
+        raise NotImplementedError(f"{type(self).__name__}: implement _update or _advance")
+
+    def _diverged(self, row: np.ndarray) -> bool:
+        """Whether the update that produced ``row`` went non-finite."""
+        return not np.isfinite(row).all()
 
     @abc.abstractmethod
     def _apply_event(self, name: str, magnitude: float) -> None: ...
@@ -277,100 +294,7 @@ class Trainer(abc.ABC):
         return self._rng
 
 
-# -- helpers shared by trainers that hold torch modules --------------------------------------
-def clone_tree(tree: Any) -> Any:
-    """Copy nested dicts/lists/tuples, cloning tensors and numpy arrays (leaves otherwise shared).
-
-    A fast ``deepcopy`` for state dicts: ``copy.deepcopy`` costs ~20 us per tensor in Python.
-    """
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, np.ndarray):
-        return tree.copy()
-    if isinstance(tree, dict):
-        return {key: clone_tree(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(clone_tree(value) for value in tree)
-    return tree
-
-
-def clip_and_measure(params: Sequence[torch.Tensor], max_norm: float) -> float:
-    """Clip the global gradient norm to ``max_norm`` (none at inf); return the norm before."""
-    if math.isinf(max_norm):  # clip_grad_norm_ would still multiply every gradient by 1
-        grads = [p.grad for p in params if p.grad is not None]
-        return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
-
-
 def check_positive_int(name: str, value: int) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def apply_parameter_event(
-    name: str,
-    magnitude: float,
-    optimizers: Iterable[torch.optim.Optimizer],
-    params: Sequence[torch.Tensor],
-    rng: np.random.Generator,
-) -> None:
-    """Apply ``name``, one of the events every torch trainer has (``optimizer_reset``,
-    ``weight_noise``, ``weight_rescale``), to ``optimizers``/``params``, drawing any noise
-    from ``rng`` (the event's perturbation stream)."""
-    if name == "optimizer_reset":
-        for optimizer in optimizers:
-            shrink_optimizer_state(optimizer, magnitude)
-    elif name == "weight_noise":
-        add_weight_noise(params, magnitude, torch_generator(rng))
-    elif name == "weight_rescale":
-        rescale_weights(params, magnitude)
-    else:
-        raise ValueError(f"{name!r} is not a shared parameter event")
-
-
-def add_weight_noise(params: Iterable[torch.Tensor], rel_std: float, rng: torch.Generator) -> None:
-    """Add Gaussian noise with std ``rel_std`` times each tensor's RMS."""
-    with torch.no_grad():
-        for p in params:
-            rms = p.pow(2).mean().sqrt()
-            p.add_(torch.randn(p.shape, generator=rng, dtype=p.dtype) * rel_std * rms)
-
-
-def rescale_weights(params: Iterable[torch.Tensor], factor: float) -> None:
-    with torch.no_grad():
-        for p in params:
-            p.mul_(factor)
-
-
-def shrink_optimizer_state(optimizer: torch.optim.Optimizer, fraction: float) -> None:
-    """Shrink the optimizer's moment estimates by ``fraction``; at 1.0 clear its state."""
-    if fraction >= 1.0:
-        optimizer.state.clear()
-        return
-    with torch.no_grad():
-        for state in optimizer.state.values():
-            for key, value in state.items():
-                if key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
-                    value.mul_(1.0 - fraction)
-
-
-def reset_first_linear(module: torch.nn.Module, mix: float, rng: torch.Generator) -> None:
-    """Move the first ``nn.Linear`` of ``module`` a fraction ``mix`` toward a fresh init.
-
-    The fresh initialisation draws from ``rng`` (not the run's training generator), so the
-    run's own randomness is untouched.
-    """
-    layer = next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
-    fresh = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
-        fresh.reset_parameters()
-    with torch.no_grad():
-        layer.weight.lerp_(fresh.weight.to(layer.weight.dtype), mix)
-        if layer.bias is not None:
-            layer.bias.lerp_(fresh.bias.to(layer.bias.dtype), mix)
-
-
-def all_finite(params: Iterable[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)

@@ -20,26 +20,18 @@ import os
 import pydoc_data.topics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import torch_generator
-from trainenv.core.telemetry import ChannelSpec, Telemetry
-from trainenv.trainers.base import (
-    Trainer,
-    TrainerSpec,
-    apply_parameter_event,
-    check_positive_int,
-    clip_and_measure,
-    clone_tree,
-    rescale_weights,
-)
+from trainenv.core.telemetry import ChannelSpec
+from trainenv.trainers.base import TrainerSpec, check_positive_int
+from trainenv.trainers.torch import TorchTrainer, rescale_weights
 
 try:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
@@ -81,7 +73,7 @@ EVENTS = (
 )  # fmt: skip
 
 
-class CausalLMTrainer(Trainer):
+class CausalLMTrainer(TorchTrainer):
     """AdamW with a warmup + cosine schedule on a causal language model.
 
     One update is one optimizer step on one batch of ``batch_size`` windows of
@@ -165,7 +157,6 @@ class CausalLMTrainer(Trainer):
         shift = _texts(shift_text, "shift_text") if shift_text is not None else _stdlib_source()
         self._shift = _Corpus(shift, tokenizer, seq_len + 1)
         self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches))
-        self.model: PreTrainedModel | None = None
         super().__init__()
 
     def _declare(self) -> TrainerSpec:
@@ -192,31 +183,28 @@ class CausalLMTrainer(Trainer):
         )
 
     # -- protocol -----------------------------------------------------------------------------
-    def _reset(self, seed: int) -> None:
+    def _build(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         if self._config is not None:
-            self.model = GPT2LMHeadModel(self._config)  # initialised from the run's generator
+            model = GPT2LMHeadModel(self._config)  # initialised from the run's generator
         else:
-            self.model = copy.deepcopy(self._template)
-        model = self._model()
+            model = cast(GPT2LMHeadModel, copy.deepcopy(self._template))
         model.train()
-        self._params: list[torch.Tensor] = list(model.parameters())
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
+        )
+        return model, optimizer
+
+    def _reset(self, seed: int) -> None:
+        super()._reset(seed)
+        model = self._model()
         self._dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
         self._block = _middle_block(model)
-        self.optimizer = torch.optim.AdamW(
-            self._params, lr=self.lr, weight_decay=self.weight_decay, fused=True
-        )
         self._data_rng = np.random.default_rng(seed)
         self._position = 0  # updates since the learning-rate schedule (re)started
-        self._weights = parameters_to_vector(self._params).detach()
         self._validate()
 
-    def _advance(self, k: int) -> Telemetry:
-        rows = np.empty((k, len(self.channels)))
-        for i in range(k):
-            rows[i] = self._update(self.updates + i + 1)
-            if not np.isfinite(rows[i, [0, 1, 4]]).all():
-                return Telemetry(rows[: i + 1], diverged=True)
-        return Telemetry(rows)
+    def _diverged(self, row: np.ndarray) -> bool:
+        return not np.isfinite(row[[0, 1, 4]]).all()
 
     def evaluate(self) -> float:
         return max(-self._val_loss, self.performance_range[0])
@@ -231,32 +219,27 @@ class CausalLMTrainer(Trainer):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "model": clone_tree(self._model().state_dict()),
-            "optimizer": clone_tree(self.optimizer.state_dict()),
+            **super()._state(),
             "data_rng": copy.deepcopy(self._data_rng),
             "position": self._position,
             "val_loss": self._val_loss,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._model().load_state_dict(state["model"])
-        # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
-        self.optimizer.load_state_dict(clone_tree(state["optimizer"]))
+        super()._load_state(state)
         self._data_rng = copy.deepcopy(state["data_rng"])
         self._position, self._val_loss = state["position"], state["val_loss"]
-        self._weights = parameters_to_vector(self._params).detach()
 
     def _apply_event(self, name: str, magnitude: float) -> None:
-        rng = self.perturbation_rng(name)
         if name == "warmup_restart":
             self._position = round(self._position * (1.0 - magnitude))
         elif name == "layer_rescale":
             rescale_weights(self._block.parameters(), magnitude)
         elif name == "block_reset":
-            _reset_block(self._model(), self._block, magnitude, torch_generator(rng))
+            rng = torch_generator(self.perturbation_rng(name))
+            _reset_block(self._model(), self._block, magnitude, rng)
         else:
-            apply_parameter_event(name, magnitude, [self.optimizer], self._params, rng)
-        self._weights = parameters_to_vector(self._params).detach()
+            super()._apply_event(name, magnitude)
 
     def _shared(self) -> Iterable[object]:
         return (self._data, self._shift, self._val_windows, self._template, self._config)
@@ -269,22 +252,15 @@ class CausalLMTrainer(Trainer):
             module.p = knobs["dropout"]
         x, y = self._next_batch(max(1, round(self.batch_size / knobs["batch_shrink"])))
         lr = self.lr * self.schedule(self._position) * knobs["lr_scale"] * knobs["lr_backoff"]
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         logits = self._logits(x)
         log_probs = torch.log_softmax(logits, dim=-1)
         loss = nn.functional.nll_loss(log_probs.flatten(0, 1), y.flatten())
         objective = loss
         if knobs["z_loss"] > 0:
             objective = objective + knobs["z_loss"] * logits.logsumexp(-1).pow(2).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        (objective * knobs["loss_scale"]).backward()
-        grad_norm = clip_and_measure(self._params, knobs["grad_clip"])
-        self.optimizer.step()
+        grad_norm = self._optimizer_step(objective * knobs["loss_scale"], lr)
         self._position += 1
-        previous, self._weights = self._weights, parameters_to_vector(self._params).detach()
-        weight_norm = float(self._weights.norm())
-        update_ratio = float((self._weights - previous).norm()) / max(weight_norm, 1e-12)
+        weight_norm, update_ratio = self._weight_change()
         with torch.no_grad():
             max_logit = max(abs(float(v)) for v in torch.aminmax(logits))  # no |logits| copy
             tokens = log_probs.numel() // log_probs.shape[-1]
@@ -373,9 +349,7 @@ class CausalLMTrainer(Trainer):
         self._val_loss = sum(losses) / len(losses)
 
     def _model(self) -> PreTrainedModel:
-        if self.model is None:
-            raise RuntimeError("call reset(seed) first")
-        return self.model
+        return cast(PreTrainedModel, super()._model())
 
 
 class _Corpus:

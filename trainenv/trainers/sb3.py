@@ -34,10 +34,10 @@ from torch.nn.utils import parameters_to_vector
 from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import perturbation_generator, torch_generator
-from trainenv.core.telemetry import ChannelSpec, Telemetry
-from trainenv.trainers.base import (
-    Trainer,
-    TrainerSpec,
+from trainenv.core.telemetry import ChannelSpec
+from trainenv.trainers.base import Trainer, TrainerSpec
+from trainenv.trainers.torch import (
+    TORCH_EVENTS,
     all_finite,
     apply_parameter_event,
     clip_and_measure,
@@ -187,6 +187,7 @@ class SB3Trainer(Trainer):
         self._batch_size: int | None = self._setting("batch_size")
         self._loss_keys = tuple(c.name for c in _loss_channels(self.algo_class))
         self.model: BaseAlgorithm | None = None
+        self._failed = False  # the latest update raised an error that non-finite numbers caused
         super().__init__()
         self._last_row = np.zeros(len(self.channels))
 
@@ -194,7 +195,7 @@ class SB3Trainer(Trainer):
         return TrainerSpec(
             channels=_loss_channels(self.algo_class) + _COMMON_CHANNELS,
             knobs=self._declare_knobs(),
-            events=("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset"),
+            events=TORCH_EVENTS,
             performance_range=self._performance_range,
         )
 
@@ -221,14 +222,6 @@ class SB3Trainer(Trainer):
             model.max_grad_norm = math.inf  # the trainer's own hook clips (the grad_clip knob)
         self.model = model
         self._last_row = np.zeros(len(self.channels))
-
-    def _advance(self, k: int) -> Telemetry:
-        rows = np.empty((k, len(self.channels)))
-        for i in range(k):
-            rows[i], diverged = self._update()
-            if diverged:
-                return Telemetry(rows[: i + 1], diverged=True)
-        return Telemetry(rows)
 
     def evaluate(self) -> float:
         buffer = self.model.ep_info_buffer if self.model is not None else None
@@ -262,27 +255,33 @@ class SB3Trainer(Trainer):
         return () if self._template is None else (self._template,)
 
     # -- one update ---------------------------------------------------------------------------
-    def _update(self) -> tuple[np.ndarray, bool]:
-        """One ``learn`` call; returns its telemetry row and whether the run diverged."""
+    def _update(self, number: int) -> np.ndarray:
+        """One ``learn`` call; returns its telemetry row."""
         model = self._model()
         view = self._configure(model)
         weights = _weights(model)
         before = parameters_to_vector(weights).detach()
-        failed = False
+        self._failed = False
         try:
             # log_interval=None: never dump (SB3 checks for None; its annotation says int).
             model.learn(self.steps_per_update, reset_num_timesteps=False, log_interval=None)  # type: ignore[arg-type]
         except (ValueError, RuntimeError):
             # Non-finite numbers surface as errors in torch distributions and samplers.
-            failed = not all_finite(model.policy.parameters()) or _nonfinite_forward(model)
-            if not failed:
+            self._failed = not all_finite(model.policy.parameters()) or _nonfinite_forward(model)
+            if not self._failed:
                 raise
         finally:
             view.detach()
             _clear_cached_tensors(model)
-        row = self._row(model, weights, before)
-        diverged = failed or not np.isfinite(row).all() or not all_finite(model.policy.parameters())
-        return row, diverged
+        return self._row(model, weights, before)
+
+    def _diverged(self, row: np.ndarray) -> bool:
+        """Non-finite telemetry or weights, or an error that non-finite numbers caused."""
+        return (
+            self._failed
+            or super()._diverged(row)
+            or not all_finite(self._model().policy.parameters())
+        )
 
     def _configure(self, model: BaseAlgorithm) -> _LearnerView:
         """Put the knobs in force on the model for the coming ``learn`` call."""

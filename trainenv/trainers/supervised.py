@@ -12,21 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import perturbation_generator, torch_generator
-from trainenv.core.telemetry import ChannelSpec, Telemetry
-from trainenv.trainers.base import (
-    Trainer,
-    TrainerSpec,
-    apply_parameter_event,
-    check_positive_int,
-    clip_and_measure,
-    clone_tree,
-    reset_first_linear,
-)
+from trainenv.core.rng import perturbation_generator
+from trainenv.core.telemetry import ChannelSpec
+from trainenv.trainers.base import TrainerSpec, check_positive_int
+from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
 
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
@@ -42,7 +34,7 @@ CHANNELS = (
 )
 
 
-class SupervisedTrainer(Trainer):
+class SupervisedTrainer(TorchTrainer):
     """Mini-batch Adam on an MLP classifier over scikit-learn's digits (8x8 images, 10 classes).
 
     Args:
@@ -74,7 +66,6 @@ class SupervisedTrainer(Trainer):
         self.hidden = tuple(int(h) for h in hidden)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
         self._data = _DigitsData(val_fraction)
-        self.model: nn.Module | None = None
         super().__init__()
 
     def _declare(self) -> TrainerSpec:
@@ -90,24 +81,25 @@ class SupervisedTrainer(Trainer):
                 K.LABEL_NOISE,
                 GRAD_NOISE,
             ),
-            events=("optimizer_reset", "weight_noise", "weight_rescale", "layer_reset"),
+            events=TORCH_EVENTS,
             performance_range=(0.1, 1.0),  # chance (10 classes) to perfect accuracy
             rng_streams=("torch",),  # initialisation and data order; perturbations have their own
         )
 
     # -- protocol -----------------------------------------------------------------------------
-    def _reset(self, seed: int) -> None:
+    def _build(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         widths = (self._data.x_train.shape[1], *self.hidden)
         layers: list[nn.Module] = []
         for n_in, n_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        self.model = nn.Sequential(*layers, nn.Linear(widths[-1], self._data.n_classes))
-        self._params = list(self.model.parameters())
+        model = nn.Sequential(*layers, nn.Linear(widths[-1], self._data.n_classes))
         # fused: one kernel for the whole step, ~30 % faster on CPU for small models.
-        self.optimizer = torch.optim.Adam(self._params, lr=self.lr, fused=True)
+        return model, torch.optim.Adam(model.parameters(), lr=self.lr, fused=True)
+
+    def _reset(self, seed: int) -> None:
+        super()._reset(seed)
         self._perm = torch.randperm(len(self._data.y_train))
         self._cursor = 0
-        self._weights = parameters_to_vector(self._params).detach()
         # One +-1 direction per run, so a shift is a consistent covariate shift.
         signs = perturbation_generator(seed, "input_shift_direction").choice(
             [-1.0, 1.0], self._data.dim
@@ -115,41 +107,24 @@ class SupervisedTrainer(Trainer):
         self._shift_direction = torch.from_numpy(signs).to(torch.float32)
         self._validate()
 
-    def _advance(self, k: int) -> Telemetry:
-        rows = np.empty((k, len(self.channels)))
-        for i in range(k):
-            rows[i] = self._update(self.updates + i + 1)
-            if not np.isfinite(rows[i, [0, 5]]).all():
-                return Telemetry(rows[: i + 1], diverged=True)
-        return Telemetry(rows)
+    def _diverged(self, row: np.ndarray) -> bool:
+        return not np.isfinite(row[[0, 5]]).all()
 
     def evaluate(self) -> float:
         return self._val_accuracy
 
     def _state(self) -> dict[str, Any]:
         return {
-            "model": clone_tree(self._model().state_dict()),
-            "optimizer": clone_tree(self.optimizer.state_dict()),
+            **super()._state(),
             "perm": self._perm.clone(),
             "cursor": self._cursor,
             "validation": (self._val_loss, self._val_accuracy),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self._model().load_state_dict(state["model"])
-        # load_state_dict keeps the given tensors: copy so the snapshot stays intact.
-        self.optimizer.load_state_dict(clone_tree(state["optimizer"]))
+        super()._load_state(state)
         self._perm, self._cursor = state["perm"].clone(), state["cursor"]
         self._val_loss, self._val_accuracy = state["validation"]
-        self._weights = parameters_to_vector(self._params).detach()
-
-    def _apply_event(self, name: str, magnitude: float) -> None:
-        rng = self.perturbation_rng(name)
-        if name == "layer_reset":
-            reset_first_linear(self._model(), magnitude, torch_generator(rng))
-        else:
-            apply_parameter_event(name, magnitude, [self.optimizer], self._params, rng)
-        self._weights = parameters_to_vector(self._params).detach()
 
     def _shared(self) -> Iterable[object]:
         return (self._data,)
@@ -161,18 +136,9 @@ class SupervisedTrainer(Trainer):
         x, y = self._next_batch(max(1, round(self.batch_size / knobs["batch_shrink"])))
         x, y = self._perturb_batch(x, y)
         lr = self.lr * knobs["lr_scale"] * knobs["lr_backoff"]
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         loss = nn.functional.cross_entropy(self._model()(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_and_measure(self._params, knobs["grad_clip"])
-        if knobs["grad_noise"] > 0:
-            self._add_grad_noise(knobs["grad_noise"])
-        self.optimizer.step()
-        previous, self._weights = self._weights, parameters_to_vector(self._params).detach()
-        weight_norm = float(self._weights.norm())
-        update_ratio = float((self._weights - previous).norm()) / max(weight_norm, 1e-12)
+        grad_norm = self._optimizer_step(loss, lr)
+        weight_norm, update_ratio = self._weight_change()
         if number % self.eval_every == 0:
             self._validate()
         return [
@@ -202,7 +168,12 @@ class SupervisedTrainer(Trainer):
             y = torch.where(flip, random_labels, y)
         return x, y
 
-    def _add_grad_noise(self, rel_std: float) -> None:
+    def _adjust_gradients(self) -> None:
+        """Gaussian gradient noise while ``grad_noise`` is set (std relative to each
+        gradient tensor's RMS)."""
+        rel_std = self._knobs["grad_noise"]
+        if rel_std <= 0:
+            return
         rng = self.perturbation_rng("grad_noise")
         for p in self._params:
             if p.grad is not None:
@@ -215,11 +186,6 @@ class SupervisedTrainer(Trainer):
             logits = self._model()(self._data.x_val)
             self._val_loss = float(nn.functional.cross_entropy(logits, self._data.y_val))
             self._val_accuracy = float((logits.argmax(1) == self._data.y_val).float().mean())
-
-    def _model(self) -> nn.Module:
-        if self.model is None:
-            raise RuntimeError("call reset(seed) first")
-        return self.model
 
 
 class _DigitsData:
