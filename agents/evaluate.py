@@ -282,7 +282,7 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
 
 # -- command line ------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    from agents.train_controller import load_config, load_controller
+    from agents.train_controller import PolicyController, load_config, load_controller
 
     parser = argparse.ArgumentParser(
         prog="python -m agents.evaluate", description=__doc__.splitlines()[0]
@@ -291,11 +291,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30, help="held-out episodes")
     parser.add_argument("--out", type=Path, help="results directory (default: DIR/evaluation)")
     parser.add_argument("--no-rules", action="store_true", help="skip the rule-based controllers")
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="also load an old pickled model.zip; unpickling can run code from the file, so "
+        "pass this only for a file you trust",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     env = load_config(args.directory).make_env(HELDOUT_SPLIT)
     rules = {} if args.no_rules else rule_controllers(env)
-    controllers = {**rules, "learned": lambda e: load_controller(args.directory, e)}
+    try:  # before any episode: a folder that needs --trust-pickle fails here
+        model = load_controller(args.directory, env, trust_pickle=args.trust_pickle).model
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))  # one line, exit 2
+    controllers = {**rules, "learned": lambda e: PolicyController(model, e)}
     out = args.out or args.directory / "evaluation"
     evaluation = evaluate(env, controllers, heldout_episodes(args.episodes), out=out)
     print(evaluation.table())

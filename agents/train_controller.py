@@ -7,11 +7,13 @@ adversary (:mod:`agents.adversary`), on vectorised environments, with TensorBoar
     tensorboard --logdir runs/ctl/tensorboard
 
 writes ``DIR/controller.json`` (the environment, the adversary's distribution and the agent's
-action space: everything needed to rebuild the env), ``DIR/model.zip`` (the PPO model) and
-``DIR/tensorboard/`` (SB3's logs plus ``rollout/collapse_rate``, the share of the latest 100
-training episodes that ended in a collapse). Training draws its runs and schedules from
-:data:`~agents.adversary.TRAIN_SPLIT` only. :func:`load_controller` turns the saved model into
-a controller with the ``reset()``/``act(obs, info)`` protocol of :mod:`agents`.
+action space: everything needed to rebuild the env), ``DIR/policy.json`` and
+``DIR/policy.safetensors`` (the PPO model's settings and weights, files that load without
+running code: :mod:`agents.controller_files`) and ``DIR/tensorboard/`` (SB3's logs plus
+``rollout/collapse_rate``, the share of the latest 100 training episodes that ended in a
+collapse). Training draws its runs and schedules from :data:`~agents.adversary.TRAIN_SPLIT`
+only. :func:`load_controller` turns the saved model into a controller with the
+``reset()``/``act(obs, info)`` protocol of :mod:`agents`.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from agents.adversary import (
     SeedSplit,
     make_adversarial_env,
 )
+from agents.controller_files import check_plain, load_policy, save_policy
 from agents.encoding import encode
 
-CONFIG_FILE, MODEL_FILE, TENSORBOARD_DIR = "controller.json", "model.zip", "tensorboard"
+CONFIG_FILE, TENSORBOARD_DIR = "controller.json", "tensorboard"
 
 PPO_DEFAULTS: dict[str, Any] = {
     "n_steps": 128,
@@ -135,19 +138,22 @@ def train_controller(
     Args:
         config: The environment, adversary and action space.
         timesteps: Environment steps of training in total, over all ``n_envs`` environments.
-        out: Output directory (``controller.json``, ``model.zip``, ``tensorboard/``).
+        out: Output directory (``controller.json``, ``policy.json``, ``policy.safetensors``,
+            ``tensorboard/``).
         n_envs: Parallel environments.
         seed: Seeds PPO and the environments (env ``i`` gets ``seed + i``).
         subprocess: One process per environment (``SubprocVecEnv``) rather than all in this
             one (``DummyVecEnv``); ignored for a single environment. Worker processes start
             with ``forkserver``, so a calling script needs an ``if __name__ == "__main__":``
             guard.
-        ppo_kwargs: Laid over :data:`PPO_DEFAULTS`.
+        ppo_kwargs: Laid over :data:`PPO_DEFAULTS`; plain JSON data (they are saved in
+            ``policy.json``).
         progress: Show SB3's progress bar.
     """
     for name, value in (("timesteps", timesteps), ("n_envs", n_envs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_plain("ppo_kwargs", dict(ppo_kwargs or {}))
     config = config.resolved()  # also builds the env once: a bad config fails here
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +172,7 @@ def train_controller(
             tensorboard_log=str(out / TENSORBOARD_DIR), **kwargs,
         )  # fmt: skip
         model.learn(timesteps, callback=_CollapseRate(), tb_log_name="ppo", progress_bar=progress)
-        model.save(out / MODEL_FILE)
+        save_policy(model, out, kwargs)
     finally:
         venv.close()
     return model
@@ -204,9 +210,21 @@ def load_config(directory: str | Path) -> ControllerConfig:
     return ControllerConfig.model_validate_json((Path(directory) / CONFIG_FILE).read_text())
 
 
-def load_controller(directory: str | Path, env: AdversaryWrapper) -> PolicyController:
-    """The controller saved in a training directory, acting on ``env``."""
-    return PolicyController(PPO.load(Path(directory) / MODEL_FILE, device="cpu"), env)
+def load_controller(
+    directory: str | Path, env: AdversaryWrapper, *, trust_pickle: bool = False
+) -> PolicyController:
+    """The controller saved in a training directory, acting on ``env``.
+
+    ``trust_pickle``: also load a folder that has only an old pickled ``model.zip``, which can
+    run code (see :func:`agents.controller_files.load_policy`); refused otherwise.
+    """
+    model = load_policy(directory, trust_pickle=trust_pickle)
+    if model.observation_space != env.observation_space:
+        raise ValueError(
+            f"model: its observation space {model.observation_space} is not the env's "
+            f"{env.observation_space}"
+        )
+    return PolicyController(model, env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, args.timesteps, args.out, n_envs=args.n_envs, seed=args.seed,
         subprocess=not args.dummy, ppo_kwargs=ppo_kwargs,
     )  # fmt: skip
-    print(f"model: {args.out / MODEL_FILE}\ntensorboard: {args.out / TENSORBOARD_DIR}")
+    print(f"model: {args.out}\ntensorboard: {args.out / TENSORBOARD_DIR}")
     return 0
 
 

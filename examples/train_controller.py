@@ -18,7 +18,8 @@ controller against 0.50 for no-op and 0.40 for the best rule (back-off on loss s
 trainings: ``--timesteps 30000`` gave collapse rate 0.17 and final p 0.74; with a discrete menu
 (one stabilizer a step) or meta-state observations, collapse rates of 0.10-0.47 at 15k steps.
 
-Results: ``OUT/model.zip``, ``OUT/tensorboard/`` (``tensorboard --logdir OUT/tensorboard``),
+Results: ``OUT/policy.json`` and ``OUT/policy.safetensors`` (the model, in files that load
+without running code), ``OUT/tensorboard/`` (``tensorboard --logdir OUT/tensorboard``),
 ``OUT/evaluation/`` (``report.md``, ``figures/controllers.png``, the results store; ``trainenv
 report OUT/evaluation`` redraws them). A previous ``OUT/evaluation`` is replaced.
 """

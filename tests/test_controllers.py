@@ -27,16 +27,16 @@ from agents.evaluate import (
     heldout_episodes,
 )
 from agents.evaluate import main as evaluate_main
+from agents.controller_files import PICKLE_FILE, SETTINGS_FILE, WEIGHTS_FILE, load_policy
 from agents.train_controller import (
     CONFIG_FILE,
-    MODEL_FILE,
     TENSORBOARD_DIR,
     PolicyController,
     load_config,
 )
 from agents.train_controller import main as train_main
+from trainenv.audit.report import summarize
 from trainenv.audit.store import ResultStore
-from trainenv.audit.summary import summarize
 from trainenv.cli import main as cli_main
 
 ENV = "trainenv/Digits-MLP-v0"
@@ -235,8 +235,10 @@ def test_train_controller_runs_end_to_end_and_saves_a_loadable_model(tmp_path, c
     config = load_config(out)
     assert config.env_id == ENV and config.distribution is not None  # default spelled out
     env = config.make_env(HELDOUT_SPLIT)
-    model = PPO.load(out / MODEL_FILE, device="cpu")
-    assert model.num_timesteps >= 128
+    assert (out / SETTINGS_FILE).exists() and (out / WEIGHTS_FILE).exists()
+    assert not (out / PICKLE_FILE).exists()
+    model = load_policy(out)
+    assert isinstance(model, PPO) and model.num_timesteps >= 128
     controller = PolicyController(model, env)
     episode = heldout_episodes(1)[0]
     obs, info = env.reset(options=vars(episode))
