@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from trainenv.audit.formatting import format_table
-from trainenv.audit.report import format_summary, summarize
+from trainenv.audit.summary import format_summary, summarize
 from trainenv.core import interventions as registry
 
 SEEDS = (0, 1, 2, 3)

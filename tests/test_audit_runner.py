@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from trainenv.audit.plan import AuditPlan
-from trainenv.audit.report import summarize
 from trainenv.audit.runner import BASELINE, plan_groups, run_audit
 from trainenv.audit.store import ResultStore
+from trainenv.audit.summary import summarize
 
 ONSET, HORIZON = 3, 8
 

@@ -108,10 +108,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _audit(args: argparse.Namespace) -> int:
     from trainenv.audit.plan import AuditPlan, default_plan
-    from trainenv.audit.report import format_summary, summarize, write_report
+    from trainenv.audit.report import write_report
     from trainenv.audit.runner import run_audit
     from trainenv.audit.store import FLUSH_SECONDS
+    from trainenv.audit.summary import format_summary, summarize
 
+    _output_folder(args.out)
     plan = AuditPlan.from_yaml(args.plan) if args.plan else default_plan()
     with _interruptible():
         try:
@@ -170,8 +172,9 @@ def _interruptible() -> Iterator[None]:
 
 def _report(args: argparse.Namespace) -> int:
     from trainenv.audit.controllers import is_controller_evaluation, write_controller_report
-    from trainenv.audit.report import format_summary, write_report
+    from trainenv.audit.report import write_report
     from trainenv.audit.store import ResultStore
+    from trainenv.audit.summary import format_summary
 
     if not (args.dir / "runs").is_dir():
         raise ValueError(f"{args.dir} holds no audit results (no runs/ directory)")
@@ -242,6 +245,7 @@ def _findings(args: argparse.Namespace) -> int:
 
     from trainenv.findings import FULL_EXPECTED_MINUTES, run_findings
 
+    _output_folder(args.out)
     torch.set_num_threads(1)
     if not args.quick:
         print(
@@ -254,6 +258,12 @@ def _findings(args: argparse.Namespace) -> int:
         print(f"claim {claim}: {verdict}")
     print(f"report: {report}")
     return 0
+
+
+def _output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that names something other than a folder, before any work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file; give a folder")
 
 
 def _range(intervention: Intervention) -> str:

@@ -11,7 +11,8 @@
 Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (paired runs),
 :mod:`~trainenv.audit.backends` (serial, local processes, Ray), :mod:`~trainenv.audit.store`
 (Parquet results), :mod:`~trainenv.audit.metrics` (stability metrics),
-:mod:`~trainenv.audit.report` (summary tables, Markdown and figures),
+:mod:`~trainenv.audit.summary` (summaries and the terminal table),
+:mod:`~trainenv.audit.report` (Markdown and figures),
 :mod:`~trainenv.audit.controllers` (controller evaluations in the same format),
 :mod:`~trainenv.audit.tasks` (tasks through a backend into a store, with progress).
 Early warning is :mod:`trainenv.warning`; the paper's three claims, :mod:`trainenv.findings`.
@@ -31,8 +32,8 @@ _LAZY = {
     "default_plan": "trainenv.audit.plan",
     "run_audit": "trainenv.audit.runner",
     "ResultStore": "trainenv.audit.store",
-    "summarize": "trainenv.audit.report",
-    "format_summary": "trainenv.audit.report",
+    "summarize": "trainenv.audit.summary",
+    "format_summary": "trainenv.audit.summary",
     "write_report": "trainenv.audit.report",
     "summarize_controllers": "trainenv.audit.controllers",
     "write_controller_report": "trainenv.audit.controllers",
