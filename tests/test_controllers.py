@@ -18,6 +18,7 @@ from agents.adversary import (
     SeedSplit,
     make_adversarial_env,
 )
+from agents.controller_files import PICKLE_FILE, SETTINGS_FILE, WEIGHTS_FILE, load_policy
 from agents.evaluate import (
     NOOP,
     UNPERTURBED,
@@ -27,7 +28,6 @@ from agents.evaluate import (
     heldout_episodes,
 )
 from agents.evaluate import main as evaluate_main
-from agents.controller_files import PICKLE_FILE, SETTINGS_FILE, WEIGHTS_FILE, load_policy
 from agents.train_controller import (
     CONFIG_FILE,
     TENSORBOARD_DIR,
