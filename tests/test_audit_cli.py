@@ -58,7 +58,7 @@ def test_errors_name_the_problem_without_a_traceback(
     )
     assert main(["audit", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "interventions.0" in err and "[2.0, 10000.0]" in err and "Traceback" not in err
+    assert "interventions[0]" in err and "[2.0, 10000.0]" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # nothing ran
     good = tmp_path / "good.yaml"
     good.write_text(tiny_plan().to_yaml())

@@ -1,0 +1,115 @@
+"""The ``trainenv`` command line: bad input is one clear error (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainenv.cli import main
+
+PLAN = "env: trainenv/Digits-MLP-v0\nonsets: [3]\nhorizon: 5\nseeds: 1\n"
+GRID = "interventions: [{name: lr_shock, magnitudes: [10]}]\n"
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command, assert it failed as a user error, return its one stderr line."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.err.startswith(f"trainenv {argv[0]}: error: ")
+    return captured.err
+
+
+def audit_fails(
+    plan_text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, Path]:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text)
+    out = tmp_path / "out"
+    err = fails(["audit", str(plan), "--out", str(out)], capsys)
+    assert not out.exists()  # refused before any work
+    return err, plan
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("env: [trainenv/Digits-MLP-v0\nseeds: 1\n", ":2:6: not valid YAML: expected ','"),
+        ("env: trainenv/Digits-MLP-v0\n  seeds: 1\n", ":2:8: not valid YAML: mapping values"),
+    ],
+)
+def test_a_yaml_syntax_error_is_one_line_with_its_position(
+    text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err, plan = audit_fails(text, tmp_path, capsys)
+    assert err.count("\n") == 1
+    assert f"{plan}{expected}" in err
+
+
+def test_python_tags_are_refused_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    text = f'env: !!python/object/apply:os.system ["touch {marker}"]\n{GRID}'
+    err, plan = audit_fails(PLAN.replace("env: trainenv/Digits-MLP-v0\n", text), tmp_path, capsys)
+    assert err.count("\n") == 1
+    assert f"{plan}:1:6: tag !!python/object/apply:os.system refused" in err
+    assert not marker.exists()
+
+
+def test_a_missing_plan_and_an_out_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = fails(["audit", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")], capsys)
+    assert err.count("\n") == 1 and "nope.yaml' does not exist" in err
+    a_file = tmp_path / "results"
+    a_file.write_text("")
+    for command in (["audit"], ["findings", "--quick"]):
+        err = fails([*command, "--out", str(a_file)], capsys)
+        assert err.count("\n") == 1 and "--out" in err and "is an existing file" in err
+    assert a_file.read_text() == ""
+
+
+def test_a_typo_in_an_intervention_names_it_and_the_allowed_fields_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = "interventions: [{name: lr_shock, magnitudes: [10], duraton: 3}]\n"
+    err, plan = audit_fails(PLAN + grid, tmp_path, capsys)
+    assert err == (
+        f"trainenv audit: error: {plan}: interventions[0].duraton: unknown field "
+        "(did you mean 'duration'?); allowed fields: name, magnitudes, duration\n"
+    )  # no "interventions: Tuple should have at least 1 item", no pydantic links
+
+
+def test_a_misspelt_top_level_field_is_not_also_reported_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err, _ = audit_fails(PLAN + GRID.replace("interventions", "interventons"), tmp_path, capsys)
+    assert "interventons: unknown field (did you mean 'interventions'?)" in err
+    assert "allowed fields: recipes, interventions, onsets" in err and "env_kwargs" in err
+    assert "missing" not in err and "errors.pydantic.dev" not in err
+
+
+def test_several_problems_one_line_each_named_as_the_plan_writes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "env: trainenv/Digits-MLP-v0\nstabilizers: [{name: grad_clip, magnitude: 1, x: 2}]\n"
+        "interventions: [{name: lr_shock, magnitudes: [0.5]}]\nonsets: [3]\nseeds: 1\n"
+    )
+    err, plan = audit_fails(text, tmp_path, capsys)
+    lines = err.splitlines()
+    assert lines[0] == f"trainenv audit: error: {plan}: 3 problems"
+    assert lines[1:] == [
+        "  stabilizers[0].x: unknown field; allowed fields: name, magnitude",
+        "  interventions[0]: magnitude of 'lr_shock' must be in [2.0, 10000.0], got 0.5",
+        "  horizon: required field missing (fields: recipes, interventions, onsets, horizon, "
+        "seeds, tolerance, backend, workers, address, env, env_kwargs, stabilizers)",
+    ]
+
+
+def test_a_plan_that_is_not_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err, plan = audit_fails("- lr_shock\n- weight_noise\n", tmp_path, capsys)
+    assert f"{plan}: must be a mapping of fields (recipes, interventions," in err
+    assert err.rstrip().endswith("got a list")
