@@ -52,7 +52,7 @@ def cartpole(**kwargs: Any) -> TrainEnv:
 def test_each_algorithm_advances_with_finite_telemetry(algo: str) -> None:
     trainer = tiny(algo)
     telemetry = trainer.advance(3)
-    names = [c.name for c in trainer.channels]
+    names = list(trainer.channel_names)
     assert telemetry.values.shape == (3, len(names)) and not telemetry.diverged
     assert np.isfinite(telemetry.values).all()
     last = dict(zip(names, telemetry.last()))
@@ -76,9 +76,9 @@ def test_unperturbed_run_matches_plain_sb3_bit_for_bit() -> None:
 
 def test_channels_and_knobs_follow_the_algorithm() -> None:
     ppo, dqn, sac = (SB3Trainer(a, **TINY[a]) for a in ("PPO", "DQN", "SAC"))
-    assert {"approx_kl", "clip_fraction", "explained_variance"} <= {c.name for c in ppo.channels}
-    assert [c.name for c in dqn.channels][0] == "loss"
-    assert {"actor_loss", "critic_loss", "ent_coef"} <= {c.name for c in sac.channels}
+    assert {"approx_kl", "clip_fraction", "explained_variance"} <= set(ppo.channel_names)
+    assert dqn.channel_names[0] == "loss"
+    assert {"actor_loss", "critic_loss", "ent_coef"} <= set(sac.channel_names)
     assert ppo.knobs["grad_clip"] == 0.5 and dqn.knobs["grad_clip"] == 10.0  # SB3 defaults
     assert sac.knobs["grad_clip"] == float("inf")
     assert "ent_coef" in ppo.knobs and "ent_coef" not in sac.knobs  # SAC's is "auto"
@@ -165,7 +165,7 @@ def test_reward_perturbations_reach_the_learner_but_not_the_true_return(knob: st
     trainer.advance(2)
     twin = trainer.fork()
     trainer.set_knob(knob, {"reward_noise": 10.0, "reward_scale": 100.0, "reward_flip": 1.0}[knob])
-    names = [c.name for c in trainer.channels]
+    names = list(trainer.channel_names)
     row = dict(zip(names, trainer.advance(1).last()))
     twin_row = dict(zip(names, twin.advance(1).last()))
     # The rollout precedes the update: same actions, so the same true episode returns.

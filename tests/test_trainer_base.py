@@ -12,6 +12,7 @@ import torch
 from trainenv.core.knobs import GRAD_CLIP, LR_SCALE
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import Snapshot, Trainer, TrainerSpec
+from trainenv.trainers.supervised import SupervisedTrainer
 from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
 
 LOSS = ChannelSpec("loss", "a number")
@@ -152,3 +153,66 @@ def test_a_torch_trainer_learns_forks_and_restores_bit_for_bit() -> None:
     np.testing.assert_array_equal(trainer.advance(5).values, original)
     with pytest.raises(RuntimeError, match="call reset"):
         Logistic().snapshot()
+
+
+class Stream(Trainer):
+    """A run that emits planted rows through the base's update loop."""
+
+    def __init__(self, rows: list[list[float]]) -> None:
+        self.rows = rows
+        super().__init__()
+
+    def _declare(self) -> TrainerSpec:
+        ratio = ChannelSpec("ratio", "undefined at times", diverges_if_nonfinite=False)
+        return TrainerSpec(channels=(LOSS, ratio), performance_range=(0.0, 1.0))
+
+    def _reset(self, seed: int) -> None:
+        pass
+
+    def _update(self, number: int) -> list[float]:
+        return self.rows[number - 1]
+
+    def _apply_event(self, name: str, magnitude: float) -> None:
+        pass
+
+    def evaluate(self) -> float:
+        return 0.0
+
+    def _state(self) -> None:
+        return None
+
+    def _load_state(self, state: None) -> None:
+        pass
+
+
+def test_only_channels_declared_divergent_end_advance_when_non_finite() -> None:
+    trainer = Stream([[1.0, math.nan], [2.0, math.inf], [math.inf, 0.0], [3.0, 0.0]])
+    trainer.reset(0)
+    telemetry = trainer.advance(4)
+    assert telemetry.diverged and len(telemetry.values) == 3 and trainer.updates == 3
+    assert trainer.channel_names == ("loss", "ratio")
+
+
+class _PlantedSupervised(SupervisedTrainer):
+    """Digits MLP whose telemetry shows ``value`` in ``channel`` from the 3rd update on."""
+
+    def __init__(self, channel: str, value: float) -> None:
+        super().__init__()
+        self.column, self.value = self.channel_names.index(channel), value
+
+    def _update(self, number: int) -> list[float]:
+        row = super()._update(number)
+        if number >= 3:
+            row[self.column] = self.value
+        return row
+
+
+@pytest.mark.parametrize("channel", ["grad_norm", "val_loss", "update_ratio"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_an_infinite_grad_norm_or_val_loss_is_a_non_finite_collapse(
+    channel: str, value: float
+) -> None:
+    trainer = _PlantedSupervised(channel, value)
+    trainer.reset(0)
+    telemetry = trainer.advance(10)
+    assert telemetry.diverged and len(telemetry.values) == 3

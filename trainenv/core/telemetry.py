@@ -14,13 +14,15 @@ class ChannelSpec:
     Attributes:
         name: Channel name, unique within a trainer (``"train_loss"``, ``"grad_norm"``...).
         description: What the channel measures, with its unit.
-        deterministic: Whether the value is a deterministic function of the run's state and
-            seed (all built-in channels are, on CPU).
+        diverges_if_nonfinite: A non-finite value means the run diverged (its update ends
+            ``advance`` with ``diverged=True``). True for losses, gradient and weight norms;
+            false for a value that is merely undefined at times (a ratio with a zero
+            denominator).
     """
 
     name: str
     description: str
-    deterministic: bool = True
+    diverges_if_nonfinite: bool = True
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class Telemetry:
     Attributes:
         values: Array of shape ``(n_updates, n_channels)``, one row per update in the order of
             the trainer's ``channels``. ``n_updates`` is ``k``, or fewer if the run diverged.
-        diverged: The run went non-finite (loss, gradients or weights) during the call.
+        diverged: The run went non-finite during the call: a channel declared
+            ``diverges_if_nonfinite`` (loss, gradient or weight norm...) took a non-finite
+            value, or the trainer saw non-finite numbers elsewhere.
     """
 
     values: np.ndarray
@@ -39,7 +43,3 @@ class Telemetry:
     def last(self) -> np.ndarray:
         """The most recent row, shape ``(n_channels,)``."""
         return self.values[-1]
-
-
-def channel_names(channels: tuple[ChannelSpec, ...]) -> tuple[str, ...]:
-    return tuple(c.name for c in channels)

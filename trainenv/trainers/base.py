@@ -108,6 +108,7 @@ class Trainer(abc.ABC):
         if not isinstance(spec, TrainerSpec):
             raise TypeError(f"{type(self).__name__}._declare() must return a TrainerSpec")
         self.spec = spec
+        self._divergent = np.array([c.diverges_if_nonfinite for c in spec.channels], dtype=bool)
         self._specs = {s.name: s for s in spec.knobs}
         self._knobs = {s.name: s.default for s in spec.knobs}
         self.seed: int | None = None
@@ -123,6 +124,11 @@ class Trainer(abc.ABC):
     def channels(self) -> tuple[ChannelSpec, ...]:
         """Telemetry channels, in the column order of ``Telemetry.values``."""
         return self.spec.channels
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The channels' names, in column order."""
+        return tuple(c.name for c in self.spec.channels)
 
     @property
     def knob_specs(self) -> tuple[KnobSpec, ...]:
@@ -261,8 +267,9 @@ class Trainer(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__}: implement _update or _advance")
 
     def _diverged(self, row: np.ndarray) -> bool:
-        """Whether the update that produced ``row`` went non-finite."""
-        return not np.isfinite(row).all()
+        """Whether the update that produced ``row`` diverged: a channel declared
+        ``diverges_if_nonfinite`` is non-finite in it."""
+        return not np.isfinite(row[self._divergent]).all()
 
     @abc.abstractmethod
     def _apply_event(self, name: str, magnitude: float) -> None: ...

@@ -203,9 +203,6 @@ class CausalLMTrainer(TorchTrainer):
         self._position = 0  # updates since the learning-rate schedule (re)started
         self._validate()
 
-    def _diverged(self, row: np.ndarray) -> bool:
-        return not np.isfinite(row[[0, 1, 4]]).all()
-
     def evaluate(self) -> float:
         return max(-self._val_loss, self.performance_range[0])
 

@@ -55,6 +55,12 @@ REWARD_FLIP = KnobSpec(
 ALGORITHMS = ("A2C", "DDPG", "DQN", "PPO", "SAC", "TD3")
 """Names ``algo`` accepts as a string (classes of ``stable_baselines3``)."""
 
+# Undefined rather than divergent when non-finite (zero-variance returns): carried forward.
+_EXPLAINED_VARIANCE = ChannelSpec(
+    "explained_variance",
+    "1 - Var(returns - values) / Var(returns)",
+    diverges_if_nonfinite=False,
+)
 # The SB3 logger keys (``train/<key>``) each algorithm records, looked up along the class's
 # MRO so that a user's subclass inherits its parent's table.
 _LOSS_CHANNELS: dict[str, tuple[ChannelSpec, ...]] = {
@@ -64,14 +70,14 @@ _LOSS_CHANNELS: dict[str, tuple[ChannelSpec, ...]] = {
         ChannelSpec("entropy_loss", "negative policy entropy, nats, mean over minibatches"),
         ChannelSpec("approx_kl", "approximate KL(old || new policy), nats, last epoch"),
         ChannelSpec("clip_fraction", "fraction of samples with a clipped probability ratio"),
-        ChannelSpec("explained_variance", "1 - Var(returns - values) / Var(returns)"),
+        _EXPLAINED_VARIANCE,
         ChannelSpec("loss", "total loss of the last minibatch"),
     ),
     "A2C": (
         ChannelSpec("policy_loss", "policy-gradient loss"),
         ChannelSpec("value_loss", "value-function MSE"),
         ChannelSpec("entropy_loss", "negative policy entropy, nats"),
-        ChannelSpec("explained_variance", "1 - Var(returns - values) / Var(returns)"),
+        _EXPLAINED_VARIANCE,
     ),
     "DQN": (ChannelSpec("loss", "Huber TD loss, mean over the update's gradient steps"),),
     "SAC": (
@@ -85,8 +91,6 @@ _LOSS_CHANNELS: dict[str, tuple[ChannelSpec, ...]] = {
         ChannelSpec("critic_loss", "twin-critic TD loss, mean over the update's gradient steps"),
     ),
 }
-# Undefined rather than divergent when non-finite (zero-variance returns): carried forward.
-_RATIO_CHANNELS = frozenset({"explained_variance"})
 _COMMON_CHANNELS = (
     ChannelSpec("grad_norm", "global L2 gradient norm before clipping, mean over optimizer steps"),
     ChannelSpec("update_ratio", "L2 norm of the update's weight change over the weight norm"),
@@ -126,8 +130,8 @@ class SB3Trainer(Trainer):
     ``optimizer_reset``, ``weight_noise``, ``weight_rescale``, ``layer_reset`` (the first linear
     layer of the policy), all on the policy weights the optimizers train (not target networks).
 
-    Divergence is data: an update whose losses or weights go non-finite, or that raises a
-    ``ValueError``/``RuntimeError`` while the policy's weights or outputs are non-finite (torch
+    Divergence is data: an update whose telemetry (every channel but ``explained_variance``) or
+    weights go non-finite, or that raises a ``ValueError``/``RuntimeError`` while the policy's weights or outputs are non-finite (torch
     distributions reject NaN logits), ends ``advance`` with ``diverged=True``; any other error
     propagates.
 
@@ -185,7 +189,7 @@ class SB3Trainer(Trainer):
         )
         self.steps_per_update = self._steps_per_update(steps_per_update)
         self._batch_size: int | None = self._setting("batch_size")
-        self._loss_keys = tuple(c.name for c in _loss_channels(self.algo_class))
+        self._loss_channels = _loss_channels(self.algo_class)
         self.model: BaseAlgorithm | None = None
         self._failed = False  # the latest update raised an error that non-finite numbers caused
         super().__init__()
@@ -193,7 +197,7 @@ class SB3Trainer(Trainer):
 
     def _declare(self) -> TrainerSpec:
         return TrainerSpec(
-            channels=_loss_channels(self.algo_class) + _COMMON_CHANNELS,
+            channels=self._loss_channels + _COMMON_CHANNELS,
             knobs=self._declare_knobs(),
             events=TORCH_EVENTS,
             performance_range=self._performance_range,
@@ -306,12 +310,14 @@ class SB3Trainer(Trainer):
     ) -> np.ndarray:
         logged = model.logger.name_to_value
         row = self._last_row.copy()
-        for i, key in enumerate(self._loss_keys):
-            value = logged.get(f"train/{key}")
-            if value is not None and (key not in _RATIO_CHANNELS or np.isfinite(value)):
+        for i, channel in enumerate(self._loss_channels):
+            value = logged.get(f"train/{channel.name}")
+            # A non-finite value of a channel that is not a divergence signal is undefined:
+            # the previous one is carried forward.
+            if value is not None and (channel.diverges_if_nonfinite or np.isfinite(value)):
                 row[i] = float(value)
         model.logger.dump()  # clears the values for the next update
-        n = len(self._loss_keys)
+        n = len(self._loss_channels)
         monitor: _GradMonitor = model.trainenv_monitor  # type: ignore[attr-defined]
         if monitor.norms:
             row[n] = float(np.mean(monitor.norms))

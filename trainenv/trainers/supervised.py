@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -106,9 +105,6 @@ class SupervisedTrainer(TorchTrainer):
         )
         self._shift_direction = torch.from_numpy(signs).to(torch.float32)
         self._validate()
-
-    def _diverged(self, row: np.ndarray) -> bool:
-        return not np.isfinite(row[[0, 5]]).all()
 
     def evaluate(self) -> float:
         return self._val_accuracy
