@@ -131,9 +131,9 @@ class SB3Trainer(Trainer):
     layer of the policy), all on the policy weights the optimizers train (not target networks).
 
     Divergence is data: an update whose telemetry (every channel but ``explained_variance``) or
-    weights go non-finite, or that raises a ``ValueError``/``RuntimeError`` while the policy's weights or outputs are non-finite (torch
-    distributions reject NaN logits), ends ``advance`` with ``diverged=True``; any other error
-    propagates.
+    weights go non-finite, or that raises a ``ValueError``/``RuntimeError`` while the policy's
+    weights or outputs are non-finite (torch distributions reject NaN logits), ends ``advance``
+    with ``diverged=True``; any other error propagates.
 
     SB3 schedules (learning rate, clip range, exploration) see the progress of the current
     ``learn`` call, which with ``reset_num_timesteps=False`` is the fraction
