@@ -16,12 +16,13 @@ from trainenv.trainers.population.base import (
     member_generators,
 )
 from trainenv.trainers.population.stacked import (
+    Layout,
     Members,
     StackedAdam,
     apply_member_event,
     clip_,
     groups,
-    leaves,
+    leaf,
     linear,
     member_norms,
     uniform_linear_,
@@ -63,10 +64,11 @@ class DigitsMLPPopulation(PopulationTrainer):
         self.batch_size, self.eval_every = recipe.batch_size, recipe.eval_every
         self._data = recipe._data
         n, widths = self.n_members, (self._data.dim, *self.hidden, self._data.n_classes)
-        self.params: list[torch.Tensor] = []
-        for n_in, n_out in zip(widths[:-1], widths[1:]):
-            self.params += [torch.zeros(n, n_in, n_out), torch.zeros(n, 1, n_out)]
-        self.optimizer = StackedAdam(self.params)
+        shapes = [(a, b) for n_in, n_out in zip(widths[:-1], widths[1:])
+                  for a, b in ((n_in, n_out), (1, n_out))]  # fmt: skip
+        self.layout = Layout(shapes)
+        self.weights = torch.zeros(n, self.layout.size)  # each member's layers, packed
+        self.optimizer = StackedAdam(self.weights)
         self._generators = [torch.Generator() for _ in range(n)]
         self._perm = torch.zeros(n, len(self._data.y_train), dtype=torch.long)
         self._cursor = np.zeros(n, dtype=np.int64)
@@ -78,8 +80,9 @@ class DigitsMLPPopulation(PopulationTrainer):
     def _reset_member(self, member: int, seed: int) -> None:
         generator, _ = member_generators(seed)
         self._generators[member] = generator
-        for weight, bias in zip(self.params[::2], self.params[1::2]):
-            uniform_linear_(weight[member], bias[member], generator)
+        views = self.layout.member(self.weights, member)
+        for weight, bias in zip(views[::2], views[1::2]):
+            uniform_linear_(weight, bias, generator)
         self._perm[member] = torch.randperm(len(self._data.y_train), generator=generator)
         self._cursor[member] = 0
         self.optimizer.shrink(member, 1.0)
@@ -110,7 +113,7 @@ class DigitsMLPPopulation(PopulationTrainer):
 
     def _member_state(self, member: int) -> dict[str, Any]:
         return {
-            "params": [p[member].clone() for p in self.params],
+            "weights": self.weights[member].clone(),
             "optimizer": self.optimizer.member_state(member),
             "generator": self._generators[member].get_state(),
             "perm": self._perm[member].clone(),
@@ -121,8 +124,7 @@ class DigitsMLPPopulation(PopulationTrainer):
 
     def _load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
-            for p, saved in zip(self.params, state["params"]):
-                p[member] = saved
+            self.weights[member] = state["weights"]
         self.optimizer.load_member_state(member, state["optimizer"])
         self._generators[member].set_state(state["generator"].clone())
         self._perm[member] = state["perm"]
@@ -132,7 +134,7 @@ class DigitsMLPPopulation(PopulationTrainer):
 
     def _apply_event(self, member: int, name: str, magnitude: float) -> None:
         rng = self.perturbation_rng(member, name)
-        views = [p[member] for p in self.params]
+        views = self.layout.member(self.weights, member)
         apply_member_event(
             name, magnitude, member, views, self.optimizer, (views[0], views[1]), rng
         )
@@ -146,25 +148,25 @@ class DigitsMLPPopulation(PopulationTrainer):
         x, y = self._next_batch(index, size)
         x, y = self._perturb_batch(index, x, y)
         lr = self.lr * self._knobs["lr_scale"][index] * self._knobs["lr_backoff"][index]
-        before = [
-            p.clone() if members is None else p[torch.from_numpy(members)] for p in self.params
-        ]
-        weights = leaves(self.params, members)
-        logits = self._forward(weights, x)
+        select = None if members is None else torch.from_numpy(members)
+        before = self.weights.clone() if select is None else self.weights[select]
+        flat = leaf(self.weights, members)
+        logits = self._forward(self.layout.split(flat), x)
         losses = (
             nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             .view(len(index), size)
             .mean(1)
         )
         losses.sum().backward()  # members' parameters are disjoint: each gets its own gradient
-        grads = [w.grad for w in weights]
-        grad_norms = member_norms(grads)  # type: ignore[arg-type]
-        clip_(grads, grad_norms, self._knobs["grad_clip"][index])  # type: ignore[arg-type]
-        self._add_grad_noise(index, grads)  # type: ignore[arg-type]
-        self.optimizer.step(members, grads, lr)  # type: ignore[arg-type]
-        after = [p if members is None else p[torch.from_numpy(members)] for p in self.params]
-        weight_norms = member_norms(after).numpy().astype(np.float64)
-        moved = member_norms([a - b for a, b in zip(after, before)]).numpy().astype(np.float64)
+        grad = flat.grad
+        assert grad is not None
+        grad_norms = member_norms([grad])
+        clip_(grad, grad_norms, self._knobs["grad_clip"][index])
+        self._add_grad_noise(index, self.layout.split(grad))
+        self.optimizer.step(members, grad, lr)
+        after = self.weights if select is None else self.weights[select]
+        weight_norms = member_norms([after]).numpy().astype(np.float64)
+        moved = member_norms([after - before]).numpy().astype(np.float64)
         due = index[numbers % self.eval_every == 0]
         if len(due):
             self._validate(due)
@@ -230,7 +232,7 @@ class DigitsMLPPopulation(PopulationTrainer):
         """Validation loss and accuracy of the members ``index`` on the shared split."""
         select = torch.from_numpy(index)
         with torch.no_grad():
-            weights = [p[select] for p in self.params]
+            weights = self.layout.split(self.weights[select])
             x = self._data.x_val.expand(len(index), *self._data.x_val.shape)
             logits = self._forward(weights, x)
             y = self._data.y_val.expand(len(index), -1)

@@ -25,12 +25,13 @@ from trainenv.trainers.population.base import (
 )
 from trainenv.trainers.population.cartpole import MemberCartPoles
 from trainenv.trainers.population.stacked import (
+    Layout,
     Members,
     StackedAdam,
     apply_member_event,
     clip_,
     groups,
-    leaves,
+    leaf,
     linear,
     member_norms,
     orthogonal_linear_,
@@ -113,13 +114,12 @@ class CartPolePPOPopulation(PopulationTrainer):
         n = self.n_members
         # Policy and value networks stacked along a second axis (0: policy, 1: value), so both
         # hidden layers of both networks are one batched product each.
-        self.params = [
-            torch.zeros(n, 2, _OBS, _HIDDEN), torch.zeros(n, 2, 1, _HIDDEN),
-            torch.zeros(n, 2, _HIDDEN, _HIDDEN), torch.zeros(n, 2, 1, _HIDDEN),
-            torch.zeros(n, _HIDDEN, _ACTIONS), torch.zeros(n, 1, _ACTIONS),
-            torch.zeros(n, _HIDDEN, 1), torch.zeros(n, 1, 1),
-        ]  # fmt: skip
-        self.optimizer = StackedAdam(self.params, eps=1e-5)  # SB3's Adam eps for policies
+        self.layout = Layout([
+            (2, _OBS, _HIDDEN), (2, 1, _HIDDEN), (2, _HIDDEN, _HIDDEN), (2, 1, _HIDDEN),
+            (_HIDDEN, _ACTIONS), (1, _ACTIONS), (_HIDDEN, 1), (1, 1),
+        ])  # fmt: skip
+        self.weights = torch.zeros(n, self.layout.size)  # each member's networks, packed
+        self.optimizer = StackedAdam(self.weights, eps=1e-5)  # SB3's Adam eps for policies
         self.envs = MemberCartPoles(n, self.n_envs, recipe.perf_episodes)
         self._generators = [torch.Generator() for _ in range(n)]
         self._last_obs = np.zeros((n, self.n_envs, _OBS), dtype=np.float32)
@@ -163,7 +163,7 @@ class CartPolePPOPopulation(PopulationTrainer):
 
     def _member_state(self, member: int) -> dict[str, Any]:
         return {
-            "params": [p[member].clone() for p in self.params],
+            "weights": self.weights[member].clone(),
             "optimizer": self.optimizer.member_state(member),
             "generator": self._generators[member].get_state(),
             "envs": self.envs.member_state(member),
@@ -175,8 +175,7 @@ class CartPolePPOPopulation(PopulationTrainer):
 
     def _load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
-            for p, saved in zip(self.params, state["params"]):
-                p[member] = saved
+            self.weights[member] = state["weights"]
         self.optimizer.load_member_state(member, state["optimizer"])
         self._generators[member].set_state(state["generator"].clone())
         self.envs.load_member_state(member, state["envs"])
@@ -196,7 +195,7 @@ class CartPolePPOPopulation(PopulationTrainer):
     def _views(self, member: int) -> list[torch.Tensor]:
         """Member ``member``'s weight tensors in SB3's order (policy net, value net, heads):
         ``(in, out)`` weights, ``(1, out)`` biases."""
-        w1, b1, w2, b2, *heads = (p[member] for p in self.params)
+        w1, b1, w2, b2, *heads = self.layout.member(self.weights, member)
         return [w1[0], b1[0], w2[0], b2[0], w1[1], b1[1], w2[1], b2[1], *heads]
 
     # -- one update ---------------------------------------------------------------------------
@@ -204,7 +203,7 @@ class CartPolePPOPopulation(PopulationTrainer):
         """One rollout and training phase of the members ``live``; returns ``(G, C)`` rows."""
         everyone = len(live) == self.n_members
         select: Members = None if everyone else live
-        before = [p.clone() if everyone else p[torch.from_numpy(live)] for p in self.params]
+        before = self.weights.clone() if everyone else self.weights[torch.from_numpy(live)]
         batch = self._rollout(live, select)
         sizes = np.maximum(1, np.round(self.batch_size / self._knobs["batch_shrink"])).astype(int)
         rows = np.empty((len(live), len(self.channels)))
@@ -215,9 +214,9 @@ class CartPolePPOPopulation(PopulationTrainer):
                 at = np.searchsorted(live, members)
                 part = {key: value[torch.from_numpy(at)] for key, value in batch.items()}
                 rows[at] = self._train(members, part, size)
-        after = [p if everyone else p[torch.from_numpy(live)] for p in self.params]
-        weight_norm = member_norms(after).double().numpy()
-        moved = member_norms([a - b for a, b in zip(after, before)]).double().numpy()
+        after = self.weights if everyone else self.weights[torch.from_numpy(live)]
+        weight_norm = member_norms([after]).double().numpy()
+        moved = member_norms([after - before]).double().numpy()
         c = self._channel
         rows[:, c["update_ratio"]] = moved / np.maximum(weight_norm, 1e-12)
         rows[:, c["weight_norm"]] = weight_norm
@@ -250,8 +249,8 @@ class CartPolePPOPopulation(PopulationTrainer):
         uniforms = torch.stack(
             [torch.rand(steps, n_envs, generator=self._generators[m]) for m in live]
         )
-        weights = (
-            self.params if select is None else [p[torch.from_numpy(live)] for p in self.params]
+        weights = self.layout.split(
+            self.weights if select is None else self.weights[torch.from_numpy(live)]
         )
         obs_buf = torch.empty(steps, g, n_envs, _OBS)
         actions_buf = torch.empty(steps, g, n_envs, dtype=torch.long)
@@ -336,8 +335,8 @@ class CartPolePPOPopulation(PopulationTrainer):
                 rows = orders[:, epoch, start : start + size]
                 mb = {k: v.gather(1, rows.view(*rows.shape, *(1,) * (v.dim() - 2)).expand(
                     -1, -1, *v.shape[2:])) for k, v in batch.items()}  # fmt: skip
-                weights = leaves(self.params, members)
-                logits, values = self._forward(weights, mb["obs"])
+                flat = leaf(self.weights, members)
+                logits, values = self._forward(self.layout.split(flat), mb["obs"])
                 log_probs = torch.log_softmax(logits, -1)
                 log_prob = log_probs.gather(-1, mb["actions"][..., None]).squeeze(-1)
                 entropy = -(log_probs.exp() * log_probs).sum(-1)
@@ -353,10 +352,11 @@ class CartPolePPOPopulation(PopulationTrainer):
                 ent_loss = -entropy.mean(1)
                 loss = pg_loss + ent_coef * ent_loss + self.vf_coef * vf_loss
                 loss.sum().backward()  # members' parameters are disjoint
-                grads = [w.grad for w in weights]
-                norms = member_norms(grads)  # type: ignore[arg-type]
-                clip_(grads, norms, knobs["grad_clip"][index])  # type: ignore[arg-type]
-                self.optimizer.step(members, grads, lr)  # type: ignore[arg-type]
+                grad = flat.grad
+                assert grad is not None
+                norms = member_norms([grad])
+                clip_(grad, norms, knobs["grad_clip"][index])
+                self.optimizer.step(members, grad, lr)
                 with torch.no_grad():
                     clip_fraction = ((ratio - 1).abs() > self.clip_range).float().mean(1)
                     kls.append(((ratio - 1) - log_ratio).mean(1))

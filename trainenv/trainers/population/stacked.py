@@ -2,9 +2,10 @@
 and the per-member parameter events.
 
 Every stacked tensor has the member dimension first: a linear layer's weight is
-``(N, in, out)``, its bias ``(N, 1, out)``. A computation on a subset of members (a *group*)
-works on gathered copies and writes them back; ``members=None`` means every member in order,
-working in place without copies (the common case).
+``(N, in, out)``, its bias ``(N, 1, out)``, both views of one packed ``(N, P)`` tensor (a
+:class:`Layout`). A computation on a subset of members (a *group*) works on gathered copies and
+writes them back; ``members=None`` means every member in order, working in place without copies
+(the common case).
 
 Batch-invariance: only per-member operations appear here (batched matrix products, elementwise
 ops, reductions within one member), so a member's numbers do not depend on the others. On CPU,
@@ -80,12 +81,37 @@ def orthogonal_linear_(
         bias.zero_()
 
 
-def leaves(params: Sequence[torch.Tensor], members: Members) -> list[torch.Tensor]:
-    """Fresh autograd leaves of the ``members``' parameters (views when ``members`` is None)."""
+class Layout:
+    """One member's parameter tensors packed in one row of a ``(N, P)`` tensor.
+
+    Packing makes the optimizer, the clipping and the norms a few operations on one tensor
+    rather than a few per parameter tensor (a population update is mostly such small ops).
+
+    Attributes:
+        shapes: Each parameter tensor's shape for one member (e.g. ``(in, out)``, ``(1, out)``).
+        size: ``P``, the parameter count of one member.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        self.shapes = [tuple(shape) for shape in shapes]
+        sizes = [math.prod(shape) for shape in self.shapes]
+        self._bounds = list(zip(np.cumsum([0, *sizes[:-1]]).tolist(), np.cumsum(sizes).tolist()))
+        self.size = int(sum(sizes))
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views ``(G, *shape)`` of the parameter tensors packed in ``flat`` ``(G, P)``."""
+        return [flat[:, a:b].view(-1, *shape) for (a, b), shape in zip(self._bounds, self.shapes)]
+
+    def member(self, flat: torch.Tensor, member: int) -> list[torch.Tensor]:
+        """Views of member ``member``'s parameter tensors in ``flat`` ``(N, P)``."""
+        return [flat[member, a:b].view(shape) for (a, b), shape in zip(self._bounds, self.shapes)]
+
+
+def leaf(weights: torch.Tensor, members: Members) -> torch.Tensor:
+    """A fresh autograd leaf of the ``members``' rows of ``weights`` (a view when None)."""
     if members is None:
-        return [p.detach().requires_grad_() for p in params]
-    index = torch.from_numpy(members)
-    return [p[index].requires_grad_() for p in params]
+        return weights.detach().requires_grad_()
+    return weights[torch.from_numpy(members)].requires_grad_()
 
 
 def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -94,14 +120,12 @@ def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.as_tensor(total).sqrt()
 
 
-def clip_(grads: Sequence[torch.Tensor], norms: torch.Tensor, max_norm: np.ndarray) -> None:
-    """Scale each member's gradients to global norm ``max_norm[g]`` at most (inf: untouched),
-    as ``torch.nn.utils.clip_grad_norm_`` does for one run."""
+def clip_(grad: torch.Tensor, norms: torch.Tensor, max_norm: np.ndarray) -> None:
+    """Scale each member's gradient row of ``grad`` ``(G, P)`` to global norm ``max_norm[g]``
+    at most (inf: untouched), as ``torch.nn.utils.clip_grad_norm_`` does for one run."""
     limit = torch.from_numpy(max_norm).to(norms.dtype)
     coef = torch.where(torch.isinf(limit), 1.0, (limit / (norms + 1e-6)).clamp(max=1.0))
-    with torch.no_grad():
-        for g in grads:
-            g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)))
+    grad.mul_(coef[:, None])
 
 
 def groups(live: np.ndarray, keys: np.ndarray, n_members: int) -> list[tuple[Members, int]]:
@@ -116,57 +140,53 @@ def groups(live: np.ndarray, keys: np.ndarray, n_members: int) -> list[tuple[Mem
 
 
 class StackedAdam:
-    """N independent Adam optimizers over stacked parameters, as elementwise tensor ops.
+    """N independent Adam optimizers over packed weights ``(N, P)``, as elementwise ops.
 
     Each member has its own step count (bias correction) and learning rate; a member outside
     a step's ``members`` is untouched. The arithmetic is ``torch.optim.Adam``'s, in plain
     multiply/add/divide ops so that it rounds the same whatever the batch.
 
     Attributes:
-        params: The stacked parameters (updated in place).
-        exp_avg, exp_avg_sq: First and second moments, shaped like ``params``.
+        weights: The packed weights (updated in place).
+        exp_avg, exp_avg_sq: First and second moments, shaped like ``weights``.
         steps: Shape ``(N,)``: each member's optimizer steps since its state was cleared.
     """
 
     def __init__(
-        self, params: Sequence[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:  # fmt: skip
-        self.params = list(params)
+        self, weights: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
+        self.weights = weights
         self.betas, self.eps = betas, eps
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = np.zeros(self.params[0].shape[0], dtype=np.int64)
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
+        self.steps = np.zeros(weights.shape[0], dtype=np.int64)
 
-    def step(self, members: Members, grads: Sequence[torch.Tensor], lr: np.ndarray) -> None:
-        """One Adam step of ``members`` with their gradients (``(G, ...)`` each) and learning
-        rates (shape ``(G,)``)."""
+    def step(self, members: Members, grad: torch.Tensor, lr: np.ndarray) -> None:
+        """One Adam step of ``members`` with their gradient rows ``(G, P)`` and learning rates
+        (shape ``(G,)``)."""
         beta1, beta2 = self.betas
         select = slice(None) if members is None else members
         steps = self.steps[select] + 1
         self.steps[select] = steps
-        step_size = torch.from_numpy(lr / (1 - beta1**steps)).float()
-        bias_sqrt = torch.from_numpy(np.sqrt(1 - beta2**steps)).float()
+        step_size = torch.from_numpy(lr / (1 - beta1**steps)).float()[:, None]
+        bias_sqrt = torch.from_numpy(np.sqrt(1 - beta2**steps)).float()[:, None]
         index = None if members is None else torch.from_numpy(members)
         with torch.no_grad():
-            for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                if index is None:
-                    P, M, V = p, m, v
-                else:
-                    P, M, V = p[index], m[index], v[index]
-                M.mul_(beta1).add_(g * (1 - beta1))
-                V.mul_(beta2).add_(g * g * (1 - beta2))
-                denom = (V.sqrt() / bias_sqrt.view(shape)).add_(self.eps)
-                P.sub_(M / denom * step_size.view(shape))
-                if index is not None:
-                    p[index], m[index], v[index] = P, M, V
+            if index is None:
+                w, m, v = self.weights, self.exp_avg, self.exp_avg_sq
+            else:
+                w, m, v = self.weights[index], self.exp_avg[index], self.exp_avg_sq[index]
+            m.mul_(beta1).add_(grad * (1 - beta1))
+            v.mul_(beta2).add_(grad * grad * (1 - beta2))
+            denom = (v.sqrt() / bias_sqrt).add_(self.eps)
+            w.sub_(m / denom * step_size)
+            if index is not None:
+                self.weights[index], self.exp_avg[index], self.exp_avg_sq[index] = w, m, v
 
     def shrink(self, member: int, fraction: float) -> None:
         """Shrink one member's moments by ``fraction``; at 1.0 clear its state (step count
         too), as ``shrink_optimizer_state`` does for a torch optimizer."""
         with torch.no_grad():
-            for moment in self.exp_avg + self.exp_avg_sq:
+            for moment in (self.exp_avg, self.exp_avg_sq):
                 if fraction >= 1.0:
                     moment[member].zero_()
                 else:
@@ -176,18 +196,16 @@ class StackedAdam:
 
     def member_state(self, member: int) -> dict[str, Any]:
         return {
-            "exp_avg": [m[member].clone() for m in self.exp_avg],
-            "exp_avg_sq": [v[member].clone() for v in self.exp_avg_sq],
+            "exp_avg": self.exp_avg[member].clone(),
+            "exp_avg_sq": self.exp_avg_sq[member].clone(),
             "steps": int(self.steps[member]),
         }
 
     def load_member_state(self, member: int, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
-            for target, saved in zip(self.exp_avg, state["exp_avg"]):
-                target[member] = saved
-            for target, saved in zip(self.exp_avg_sq, state["exp_avg_sq"]):
-                target[member] = saved
-        self.steps[member] = state["steps"]
+            self.exp_avg[member] = state["exp_avg"]
+            self.exp_avg_sq[member] = state["exp_avg_sq"]
+        self.steps[member] = int(state["steps"])
 
 
 def apply_member_event(
