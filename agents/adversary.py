@@ -27,9 +27,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.encoding import unwrap
-from trainenv.core import interventions as registry
-from trainenv.core.actions import ActionSpec, ContinuousMagnitudes, DiscreteMenu
-from trainenv.core.interventions import Dimension, Intervention, Role
+from trainenv import (
+    ActionSpec,
+    ContinuousMagnitudes,
+    Dimension,
+    DiscreteMenu,
+    Intervention,
+    Role,
+    get_intervention,
+    get_perturbation,
+)
 
 AgentActions = Literal["discrete", "continuous"]
 _DIMENSION_ORDER = tuple(Dimension)
@@ -75,7 +82,7 @@ class PerturbationRange(BaseModel):
     @field_validator("name")
     @classmethod
     def _perturbation(cls, name: str) -> str:
-        return registry.get_perturbation(name).name
+        return get_perturbation(name).name
 
     @model_validator(mode="after")
     def _in_range(self) -> PerturbationRange:
@@ -88,7 +95,7 @@ class PerturbationRange(BaseModel):
 
     @property
     def intervention(self) -> Intervention:
-        return registry.get(self.name)
+        return get_intervention(self.name)
 
     def draw(self, rng: np.random.Generator) -> float:
         """A magnitude in ``[low, high]``, uniform in the intervention's position scale."""

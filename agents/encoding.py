@@ -6,8 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from trainenv.core.actions import DiscreteMenu
-from trainenv.env import TrainEnv
+from trainenv import DiscreteMenu, TrainEnv
 
 
 def unwrap(env: Any) -> TrainEnv:

@@ -35,18 +35,19 @@ from agents.adversary import HELDOUT_SPLIT, TRAIN_SPLIT, AdversaryWrapper, SeedS
 from agents.encoding import unwrap
 from agents.rules import BackoffOnLossSpike, ClipOnGradSpike, ForkSearch, RollbackOnDrop
 from agents.scripted import NoOp
-from trainenv.audit.controllers import (
+from trainenv import Role, get_intervention
+from trainenv.audit import (
     CONTROLLER,
     NOOP,
     UNPERTURBED,
     ControllerSummary,
+    ResultStore,
+    RunRecord,
+    run_id,
+    step_row,
     summarize_controllers,
     write_controller_report,
 )
-from trainenv.audit.runner import run_id, step_row
-from trainenv.audit.store import ResultStore, RunRecord
-from trainenv.core import interventions as registry
-from trainenv.core.interventions import Role
 
 
 class Controller(Protocol):
@@ -193,7 +194,7 @@ def run_episode(
         obs, _, terminated, truncated, info = env.step_inner(controller.act(obs, info))
         steps.append(step_row(rid, len(steps), obs, info))
         p[len(steps) - 2] = info["p"]
-        stabilizers = [registry.get(n) for n, _ in info["applied"]]
+        stabilizers = [get_intervention(n) for n, _ in info["applied"]]
         stabilizers = [i for i in stabilizers if i.role is Role.STABILIZER]
         cost += sum(i.cost for i in stabilizers)
         interventions += len(stabilizers)

@@ -18,15 +18,21 @@ from trainenv.registration import ENTRY_POINTS, register_all
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_LAZY = {  # public name -> "module" (same name there) or "module:name"
     "TrainEnv": "trainenv.env",
     "calibrate": "trainenv.calibration",
     "CollapseRule": "trainenv.core.collapse",
     "RewardSpec": "trainenv.core.reward",
     "MetaStateEncoder": "trainenv.core.metastate",
+    "ActionSpec": "trainenv.core.actions",
+    "ContinuousMagnitudes": "trainenv.core.actions",
+    "DiscreteMenu": "trainenv.core.actions",
     "Intervention": "trainenv.core.interventions",
     "Dimension": "trainenv.core.interventions",
     "Role": "trainenv.core.interventions",
+    "get_intervention": "trainenv.core.interventions:get",
+    "get_perturbation": "trainenv.core.interventions",
+    "all_interventions": "trainenv.core.interventions",
 }
 __all__ = ["ENV_IDS", *_LAZY]
 ENV_IDS = tuple(ENTRY_POINTS)
@@ -34,7 +40,8 @@ ENV_IDS = tuple(ENTRY_POINTS)
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'trainenv' has no attribute {name!r}")
 
 
