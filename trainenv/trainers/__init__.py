@@ -3,9 +3,11 @@
 from typing import Any
 
 from trainenv.trainers.base import Trainer
+from trainenv.trainers.population import DigitsMLPPopulation, PopulationTrainer
 from trainenv.trainers.supervised import SupervisedTrainer
 
 __all__ = ["Trainer", "SupervisedTrainer", "CausalLMTrainer", "SB3Trainer"]
+__all__ += ["PopulationTrainer", "DigitsMLPPopulation"]
 
 
 def __getattr__(name: str) -> Any:
