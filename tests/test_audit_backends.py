@@ -11,10 +11,10 @@ from trainenv.audit.backends import make_backend
 from trainenv.audit.runner import run_audit
 from trainenv.audit.store import ResultStore
 
-from .helpers import OUTCOME_COLUMNS
 from .test_audit_runner import tiny_plan
 
-COLUMNS = [*OUTCOME_COLUMNS, "applied_magnitude"]
+TIMING = ["wall_s"]
+"""The one column of the runs table that differs between backends: seconds measured per run."""
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> ResultStore:
 
 
 def assert_same_results(store: ResultStore, reference: ResultStore) -> None:
+    """Every column of both tables equal, observations included; only the timing may differ."""
     runs = store.runs().set_index("run_id").sort_index()
     expected = reference.runs().set_index("run_id").sort_index()
-    pd.testing.assert_frame_equal(runs[COLUMNS], expected[COLUMNS])
+    pd.testing.assert_frame_equal(runs.drop(columns=TIMING), expected.drop(columns=TIMING))
     steps = store.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
     expected_steps = reference.steps().sort_values(["run_id", "step"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(
-        steps.drop(columns="observation"), expected_steps.drop(columns="observation")
-    )
+    assert len(expected) and len(expected_steps)  # equal empty tables would prove nothing
+    pd.testing.assert_frame_equal(steps, expected_steps)
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_local_processes_match_serial(serial: ResultStore, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_ray_matches_local_processes(serial: ResultStore, tmp_path: Path) -> None:
+def test_ray_matches_serial(serial: ResultStore, tmp_path: Path) -> None:
     store = run_audit(tiny_plan(), tmp_path, backend="ray", workers=2, progress=False)
     assert_same_results(store, serial)
 
