@@ -58,7 +58,7 @@ from trainenv.core.interventions import Intervention, Role
 if TYPE_CHECKING:
     from trainenv.env import TrainEnv
 
-Backend = Literal["serial", "process", "ray"]
+BackendName = Literal["serial", "process", "ray"]  # see trainenv.audit.backends.BACKENDS
 RESERVED_ENV_KWARGS = ("action_mode", "interventions")  # the audit drives the action space
 DEFAULT_ENV = "trainenv/CartPole-PPO-v0"
 SHORTHAND_FIELDS = ("env", "env_kwargs", "stabilizers")  # a plan's one-recipe form
@@ -169,7 +169,7 @@ class InterventionGrid(BaseModel):
         return registry.get_perturbation(name).name
 
     @model_validator(mode="after")
-    def _grid(self) -> InterventionGrid:
+    def _valid_magnitudes(self) -> InterventionGrid:
         intervention = self.intervention
         for m in self.magnitudes:
             intervention.validate_magnitude(m)
@@ -221,7 +221,7 @@ class AuditPlan(BaseModel):
     horizon: int = Field(ge=1)
     seeds: tuple[int, ...] = Field(min_length=1)
     tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
-    backend: Backend = "process"
+    backend: BackendName = "process"
     workers: int | None = Field(default=None, ge=1)
     address: str | None = None
 
