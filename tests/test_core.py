@@ -76,7 +76,13 @@ def test_encoder_validates_its_parameters_and_input() -> None:
 def test_every_registered_env_ships_a_loadable_encoder(env_id: str) -> None:
     encoder = MetaStateEncoder.load(encoder_path(env_id))
     assert 1 <= encoder.n_components <= encoder.max_components
-    assert encoder.explained_variance_ratio_ is not None
+    # The variance each latent explains: largest first, and the fewest components that explain
+    # the encoder's target share, unless max_components capped them first.
+    ratio = encoder.explained_variance_ratio_
+    assert ratio is not None and ratio.shape == (encoder.n_components,)
+    assert (ratio > 0).all() and (np.diff(ratio) <= 0).all() and ratio.sum() <= 1.0
+    if encoder.n_components < encoder.max_components:
+        assert ratio[:-1].sum() <= encoder.variance < ratio.sum()
 
 
 # -- actions --------------------------------------------------------------------------------
