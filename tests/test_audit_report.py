@@ -15,10 +15,12 @@ SEEDS = (0, 1, 2, 3)
 
 
 def runs_table(
-    collapses: dict[str, dict[float, tuple[int, ...]]], recipe: str = "R"
+    collapses: dict[str, dict[float, tuple[int, ...]]],
+    recipe: str = "R",
+    seeds: tuple[int, ...] = SEEDS,
 ) -> pd.DataFrame:
     """Runs where ``collapses[name][magnitude]`` lists the seeds that collapse; a collapsed run
-    has drawdown 0.5, the others 0.1."""
+    has drawdown 0.5, the others 0.1. Baseline seed 3 collapses on its own."""
     rows = [
         {
             "run_id": f"{recipe}-b{s}",
@@ -29,12 +31,12 @@ def runs_table(
             "onset": 5,
             "collapsed": s == 3,
         }
-        for s in SEEDS
+        for s in seeds
     ]
     for name, grid in collapses.items():
         intervention = registry.get(name)
         for magnitude, collapsed in grid.items():
-            for s in SEEDS:
+            for s in seeds:
                 c = s in collapsed
                 rows.append(
                     {

@@ -9,7 +9,8 @@ for the rest of the horizon (the runner pads it so).
 
 Per run: :func:`drawdown`, :func:`recovery_time`, :func:`is_collapsed`, :func:`area_between`,
 :func:`final_gap` (all in units of ``p``, times in steps). Over a magnitude grid:
-:func:`margin` (the stability margin) and :func:`bootstrap_ci` for its confidence interval.
+:func:`margin` (the stability margin), :func:`is_monotone` (whether the collapse curve never
+falls) and :func:`bootstrap_ci` for the margin's confidence interval.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 Censoring = Literal["none", "above", "below"]
-"""Where a margin lies relative to the tested grid: ``"above"``, fewer than half of the seeds
-collapsed even at the largest magnitude (the margin is at least that); ``"below"``, half or
-more collapsed already at the smallest (the margin is below the grid)."""
+"""Where a margin lies relative to the tested grid: ``"above"``, no tested magnitude made half
+of the seeds collapse (the margin is at least the largest); ``"below"``, half or more collapsed
+already at the smallest (the margin is below the grid)."""
 
-COLLAPSE_SHARE = 0.5  # a magnitude is tolerated while fewer than this share of seeds collapse
+COLLAPSE_SHARE = 0.5  # the margin is where the collapse rate first reaches this share
 
 
 def gaps(baseline: ArrayLike, perturbed: ArrayLike) -> np.ndarray:
@@ -113,18 +114,22 @@ def run_metrics(
 def margin(
     magnitudes: ArrayLike, collapse_rates: ArrayLike, log_scale: bool
 ) -> tuple[float, Censoring]:
-    """The stability margin: the largest magnitude at which fewer than half the seeds collapse.
+    """The stability margin: the magnitude where the collapse rate first reaches one half.
 
-    With the grid ``m_1 < ... < m_n`` and collapse rates ``c_i``, let ``i`` be the largest
-    index with ``c_i < 1/2``. If ``i = n`` the margin is ``m_n`` (censored ``"above"``); if no
-    such index exists it is ``m_1`` (censored ``"below"``). Otherwise the rate is interpolated
-    between ``(m_i, c_i)`` and ``(m_{i+1}, c_{i+1})`` to where it reaches ``1/2``::
+    With the grid ``m_1 < ... < m_n`` and collapse rates ``c_i``, let ``j`` be the first index
+    with ``c_j >= 1/2``. If there is none the margin is ``m_n`` (censored ``"above"``: at least
+    the largest magnitude); if ``j = 1`` it is ``m_1`` (censored ``"below"``). Otherwise the
+    rate is interpolated between ``(m_{j-1}, c_{j-1})`` and ``(m_j, c_j)`` to where it reaches
+    ``1/2``::
 
-        t = (1/2 - c_i) / (c_{i+1} - c_i)
-        margin = m_i * (m_{i+1} / m_i) ** t      (log-scale interventions)
-        margin = m_i + (m_{i+1} - m_i) * t       (linear ones)
+        t = (1/2 - c_{j-1}) / (c_j - c_{j-1})          (0 < t <= 1)
+        margin = m_{j-1} * (m_j / m_{j-1}) ** t      (log-scale interventions)
+        margin = m_{j-1} + (m_j - m_{j-1}) * t       (linear ones)
 
-    Returns ``(margin, censoring)``; ``(nan, "none")`` if a rate is NaN (no valid seed).
+    So the margin is never above a magnitude that already collapsed half the seeds, whatever
+    the rates do at larger magnitudes (a curve that falls again, see :func:`is_monotone`, does
+    not move it up). Returns ``(margin, censoring)``; ``(nan, "none")`` if a rate is NaN (no
+    valid seed).
     """
     m, c = np.asarray(magnitudes, dtype=float), np.asarray(collapse_rates, dtype=float)
     if m.ndim != 1 or m.shape != c.shape or len(m) == 0:
@@ -135,16 +140,29 @@ def margin(
         raise ValueError(f"magnitudes must be positive and strictly increasing, got {m.tolist()}")
     if np.isnan(c).any():
         return math.nan, "none"
-    tolerated = np.flatnonzero(c < COLLAPSE_SHARE)
-    if len(tolerated) == 0:
-        return float(m[0]), "below"
-    i = int(tolerated[-1])
-    if i == len(m) - 1:
+    reached = np.flatnonzero(c >= COLLAPSE_SHARE)
+    if len(reached) == 0:
         return float(m[-1]), "above"
-    t = (COLLAPSE_SHARE - c[i]) / (c[i + 1] - c[i])
+    j = int(reached[0])
+    if j == 0:
+        return float(m[0]), "below"
+    t = (COLLAPSE_SHARE - c[j - 1]) / (c[j] - c[j - 1])
     if log_scale:
-        return float(m[i] * (m[i + 1] / m[i]) ** t), "none"
-    return float(m[i] + (m[i + 1] - m[i]) * t), "none"
+        return float(m[j - 1] * (m[j] / m[j - 1]) ** t), "none"
+    return float(m[j - 1] + (m[j] - m[j - 1]) * t), "none"
+
+
+def is_monotone(collapse_rates: ArrayLike) -> bool:
+    """Whether the collapse rate never falls as the magnitude grows (rates shape ``(n,)`` on an
+    increasing grid; NaN rates, magnitudes without a valid seed, are skipped). A curve that
+    falls says the seeds disagree more than the grid resolves: the margin (where the rate
+    first reaches one half) is then the cautious reading."""
+    c = np.asarray(collapse_rates, dtype=float)
+    if c.ndim != 1:
+        raise ValueError(f"collapse_rates must be 1-D, got shape {c.shape}")
+    c = c[~np.isnan(c)]
+    # Rates are means of per-seed means: equal shares may differ in the last bits.
+    return bool((np.diff(c) >= -1e-9).all())
 
 
 def bootstrap_ci(

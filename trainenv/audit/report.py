@@ -17,8 +17,11 @@ from trainenv.audit.formatting import (
 )
 from trainenv.audit.store import ResultStore
 from trainenv.audit.summary import (
+    CENSORING_LEGEND,
     CENSORING_MARK,
     DIMENSIONS,
+    MARGIN_DEFINITION,
+    NON_MONOTONE_LEGEND,
     Summary,
     in_report_order,
     margin_rows,
@@ -71,7 +74,7 @@ def _markdown(summary: Summary, runs: pd.DataFrame, root: Path, paths: dict[str,
         "",
         "Margin per dimension, as a position in the registered range of the dimension's weakest "
         "intervention (0 = low end, 1 = high end, geometric for log-scale interventions). "
-        "`>=`: no tested magnitude made half of the seeds collapse; `<`: even the smallest did.",
+        + CENSORING_LEGEND,
         "",
         format_table(*profile_rows(summary), markdown=True),
         "",
@@ -79,10 +82,9 @@ def _markdown(summary: Summary, runs: pd.DataFrame, root: Path, paths: dict[str,
         "",
         "## Margins",
         "",
-        "Largest magnitude at which fewer than half of the seeds collapse, interpolated on the "
-        "grid (geometrically for log-scale interventions). A run collapses when the env's "
-        "collapse rule fires or it is not back within the tolerance of its unperturbed fork by "
-        "the end of the horizon.",
+        f"{MARGIN_DEFINITION} A run collapses when the env's collapse rule fires or it is not "
+        "back within the tolerance of its unperturbed fork by the end of the horizon."
+        + ("" if summary.margins["monotone"].all() else f" {NON_MONOTONE_LEGEND}"),
         "",
         format_table(*margin_rows(summary), markdown=True),
         "",

@@ -25,13 +25,33 @@ from trainenv.audit.formatting import (
     format_number,
     format_table,
 )
-from trainenv.audit.metrics import Censoring, bootstrap_ci, margin, mean_ci, nanmean
+from trainenv.audit.metrics import (
+    Censoring,
+    bootstrap_ci,
+    is_monotone,
+    margin,
+    mean_ci,
+    nanmean,
+)
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import Dimension
 
 DIMENSIONS = tuple(d.value for d in Dimension)
 METRICS = ("drawdown", "area", "final_gap")  # averaged with a CI; recovery time: median
 CENSORING_MARK = {"none": "", "above": ">=", "below": "<"}
+NON_MONOTONE = "(non-monotone)"  # after the collapse counts of a curve that falls somewhere
+MARGIN_DEFINITION = (
+    "The margin is the magnitude where the collapse rate first reaches one half, interpolated "
+    "on the grid (geometrically for log-scale interventions), so never above a magnitude that "
+    "already collapsed half of the seeds."
+)
+CENSORING_LEGEND = (
+    ">=: no tested magnitude made half of the seeds collapse; <: even the smallest did."
+)
+NON_MONOTONE_LEGEND = (
+    f"{NON_MONOTONE}: the collapse rate falls at a larger magnitude; the margin still stops "
+    "where it first reached one half."
+)
 
 
 @dataclass
@@ -43,7 +63,8 @@ class Summary:
             mean ``drawdown``/``area``/``final_gap`` with ``*_lo``/``*_hi`` CIs, median
             ``recovery_time`` (steps; inf when most runs never recover).
         margins: ...recipe x intervention: ``margin`` (magnitude), CI, ``censored``
-            (see :data:`~trainenv.audit.metrics.Censoring`), ``position`` in the range.
+            (see :data:`~trainenv.audit.metrics.Censoring`), ``position`` in the range,
+            ``monotone`` (the collapse rate never falls as the magnitude grows).
         profile: ...recipe x dimension: ``position`` margin, CI, ``censored``, and the
             ``limiting`` intervention (missing dimensions are absent).
         baselines: ...recipe: unperturbed runs and how many collapsed on their own.
@@ -134,10 +155,13 @@ class _Grid:
             rows=rows,
         )
 
+    def rates_at(self, seeds: np.ndarray) -> np.ndarray:
+        """The collapse rate per magnitude (shape ``(M,)``) over the seeds at indices ``seeds``."""
+        return nanmean(self.per_seed["collapsed"][seeds], axis=0)
+
     def margin_at(self, seeds: np.ndarray) -> tuple[float, Censoring]:
         """The margin over the seeds at indices ``seeds`` (shape ``(S,)``), and its censoring."""
-        rates = nanmean(self.per_seed["collapsed"][seeds], axis=0)
-        return margin(self.magnitudes, rates, self.log_scale)
+        return margin(self.magnitudes, self.rates_at(seeds), self.log_scale)
 
     def margins(self, draws: np.ndarray) -> np.ndarray:
         """The margin of each resample: ``draws`` ``(B, S)`` seed indices -> ``(B,)``."""
@@ -179,6 +203,7 @@ class _Grid:
             "margin_hi": hi,
             "censored": censored,
             "position": self.position(value),
+            "monotone": is_monotone(self.rates_at(np.arange(len(self.seeds)))),
             "seeds": len(self.seeds),
             "grid": ", ".join(f"{m:g}" for m in self.magnitudes),
             "unit": registry.get(self.name).description,
@@ -273,7 +298,7 @@ def margin_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
             f"{m:g}:{round(c * n):d}/{n}"
             for m, c, n in zip(at["magnitude"], at["collapse_rate"], at["n"])
             if not math.isnan(c)
-        )
+        ) + ("" if r.monotone else f" {NON_MONOTONE}")
         rows.append(
             [
                 str(r.recipe),
@@ -319,12 +344,15 @@ def format_summary(summary: Summary) -> str:
     """The terminal summary: stability profiles, then margins per intervention."""
     parts = [
         "Stability profile: margin per dimension as a position in the intervention's range "
-        "(0 = low end, 1 = high end; higher = more stable; weakest intervention in brackets)",
+        "(0 = low end, 1 = high end; higher = more stable; weakest intervention in brackets). "
+        + CENSORING_LEGEND,
         format_table(*profile_rows(summary), markdown=False),
         "",
-        "Margins: largest magnitude at which fewer than half of the seeds collapse",
+        f"Margins per intervention. {MARGIN_DEFINITION}",
         format_table(*margin_rows(summary), markdown=False),
     ]
+    if not summary.margins["monotone"].all():
+        parts.append(NON_MONOTONE_LEGEND)
     for b in summary.baselines.itertuples():
         if b.collapsed:
             parts.append(
