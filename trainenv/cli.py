@@ -114,7 +114,6 @@ def _audit(args: argparse.Namespace) -> int:
     from trainenv.audit.summary import format_summary, summarize
 
     _output_folder(args.out)
-    _output_folder(args.out)
     plan = AuditPlan.from_yaml(args.plan) if args.plan else default_plan()
     with _interruptible():
         try:
@@ -247,7 +246,6 @@ def _findings(args: argparse.Namespace) -> int:
     from trainenv.findings import FULL_EXPECTED_MINUTES, run_findings
 
     _output_folder(args.out)
-    _output_folder(args.out)
     torch.set_num_threads(1)
     if not args.quick:
         print(
@@ -260,12 +258,6 @@ def _findings(args: argparse.Namespace) -> int:
         print(f"claim {claim}: {verdict}")
     print(f"report: {report}")
     return 0
-
-
-def _output_folder(out: Path) -> None:
-    """Refuse an ``--out`` that names something other than a folder, before any work."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is an existing file; give a folder")
 
 
 def _output_folder(out: Path) -> None:
