@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,29 @@ def test_a_plan_that_is_not_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixt
     err, plan = audit_fails("- lr_shock\n- weight_noise\n", tmp_path, capsys)
     assert f"{plan}: must be a mapping of fields (recipes, interventions," in err
     assert err.rstrip().endswith("got a list")
+
+
+# -- trainenv list ------------------------------------------------------------------------------
+def test_registered_metadata_is_what_building_each_env_gives() -> None:
+    """``trainenv list`` and the docs read the declared specs; they must not drift."""
+    import gymnasium as gym
+
+    from trainenv.registration import REGISTERED
+
+    for env_id, spec in REGISTERED.items():
+        env = gym.make(env_id, observation="telemetry").unwrapped
+        assert type(env.trainer).__name__ == spec.trainer, env_id
+        assert sorted(env.trainer.targets) == sorted(spec.targets), env_id
+        assert env.action_spec.interventions == spec.interventions(), env_id
+
+
+def test_list_builds_nothing() -> None:
+    code = (
+        "import sys; from trainenv.cli import main; assert main(['list']) == 0; "
+        "heavy = {'torch', 'stable_baselines3', 'transformers', 'sklearn'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "SB3Trainer: trainenv/CartPole-PPO-v0" in done.stdout
+    assert "CausalLMTrainer: trainenv/TinyLM-v0" in done.stdout

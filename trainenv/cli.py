@@ -28,7 +28,6 @@ from trainenv.audit.backends import BACKENDS
 
 if TYPE_CHECKING:
     from trainenv.core.interventions import Intervention
-    from trainenv.env import TrainEnv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,22 +189,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import gymnasium as gym
-
-    from trainenv import ENV_IDS
     from trainenv.audit.formatting import format_table
+    from trainenv.registration import REGISTERED
 
+    # From the registered specs: building each env to ask it took seconds (torch, SB3, ...).
     by_trainer: dict[str, list[str]] = {}
     supported: dict[str, tuple[Intervention, ...]] = {}
-    for env_id in ENV_IDS:
-        try:
-            env: TrainEnv = gym.make(env_id, observation="telemetry").unwrapped  # type: ignore[assignment]
-        except Exception as error:  # e.g. an optional extra missing: list the rest anyway
-            print(f"{env_id}: unavailable ({type(error).__name__}: {error})\n")
-            continue
-        trainer = type(env.trainer).__name__
-        by_trainer.setdefault(trainer, []).append(env_id)
-        supported[trainer] = env.action_spec.interventions
+    for env_id, spec in REGISTERED.items():
+        by_trainer.setdefault(spec.trainer, []).append(env_id)
+        supported[spec.trainer] = spec.interventions()
     for trainer, env_ids in by_trainer.items():
         print(f"{trainer}: {', '.join(env_ids)}")
         rows = [

@@ -16,7 +16,7 @@ import gymnasium as gym
 
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import ROLLBACK_EVENT
-from trainenv.registration import ENTRY_POINTS
+from trainenv.registration import ENTRY_POINTS, REGISTERED
 
 if TYPE_CHECKING:
     from trainenv.env import TrainEnv
@@ -78,7 +78,7 @@ def _trainer(env_id: str) -> Trainer:
 
 
 def _env_targets(env_id: str) -> tuple[str, ...]:
-    return (*_trainer(env_id).targets, ROLLBACK_EVENT)
+    return (*REGISTERED[env_id].targets, ROLLBACK_EVENT)
 
 
 def main() -> None:
