@@ -138,3 +138,52 @@ def test_format_table_aligns_and_renders_markdown() -> None:
 def test_an_empty_table_is_an_error() -> None:
     with pytest.raises(ValueError, match="no finished runs"):
         summarize(pd.DataFrame())
+
+
+# -- trajectory figures ----------------------------------------------------------------------
+def test_every_run_counted_as_collapsed_is_marked_with_its_rule(tmp_path) -> None:
+    """A store with one seed and onset: the unperturbed run at p = 0.8, a perturbed run that
+    recovers, one that never gets back (no env collapse: counted by the no-recovery rule) and
+    one the env's collapse rule ends."""
+    from trainenv.audit.metrics import run_metrics
+    from trainenv.audit.report import plot_trajectories
+    from trainenv.audit.store import ResultStore, RunRecord
+
+    onset, horizon, tolerance = 3, 6, 0.1
+    base_p = [0.8] * horizon
+    curves = {  # magnitude: (p after the onset, the env's collapse reason)
+        2.0: ([0.5, 0.7, 0.8, 0.8, 0.8, 0.8], None),  # back within the tolerance
+        8.0: ([0.4, 0.3, 0.3, 0.3, 0.3, 0.3], None),  # never back, never terminated
+        32.0: ([0.2, 0.0], "non-finite loss"),  # terminated at its 2nd step
+    }
+    keys = {"recipe": "R", "seed": 0, "onset": onset, "horizon": horizon, "tolerance": tolerance}
+    records = [
+        RunRecord(
+            {**keys, "run_id": "base", "kind": "baseline", "status": "ok", "collapsed": False},
+            [{"run_id": "base", "step": t, "p": 0.8} for t in range(onset + horizon + 1)],
+        )
+    ]
+    for magnitude, (p, reason) in curves.items():
+        padded = p + [0.0] * (horizon - len(p))  # a terminated branch counts as lost
+        metrics = run_metrics(base_p, padded, tolerance, env_collapsed=reason is not None)
+        rid = f"shock-{magnitude:g}"
+        row = {
+            **keys, "run_id": rid, "kind": "perturbed", "status": "ok",
+            "intervention": "lr_shock", "dimension": "optimization", "log_scale": True,
+            "magnitude": magnitude, "duration": 1, "collapse_reason": reason, **vars(metrics),
+        }  # fmt: skip
+        steps = [{"run_id": rid, "step": onset + h, "p": v} for h, v in enumerate(p, 1)]
+        records.append(RunRecord(row, steps))
+    with ResultStore(tmp_path) as store:
+        for record in records:
+            store.write(record)
+    runs = store.runs()
+    counted = runs[runs["kind"] == "perturbed"].set_index("magnitude")["collapsed"]
+    assert counted.to_dict() == {2.0: False, 8.0: True, 32.0: True}
+
+    markers = plot_trajectories(store, runs, "R", tmp_path / "t.png")
+    assert (tmp_path / "t.png").exists()
+    by = {m.magnitude: m for m in markers}
+    assert set(by) == {8.0, 32.0}  # every collapsed run, and only those
+    assert (by[8.0].rule, by[8.0].step, by[8.0].p) == ("no recovery", onset + horizon, 0.3)
+    assert (by[32.0].rule, by[32.0].step, by[32.0].p) == ("env collapse", onset + 2, 0.0)

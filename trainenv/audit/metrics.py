@@ -29,6 +29,11 @@ Censoring = Literal["none", "above", "below"]
 of the seeds collapse (the margin is at least the largest); ``"below"``, half or more collapsed
 already at the smallest (the margin is below the grid)."""
 
+CollapseRule = Literal["env collapse", "no recovery"]
+"""Why a perturbed run counts as collapsed: ``"env collapse"``, the env's collapse rule ended
+it (``terminated``); ``"no recovery"``, it was not back within the tolerance of its unperturbed
+fork by the end of the horizon (``R = inf``)."""
+
 COLLAPSE_SHARE = 0.5  # the margin is where the collapse rate first reaches this share
 
 
@@ -68,9 +73,17 @@ def recovery_time(baseline: ArrayLike, perturbed: ArrayLike, tolerance: float) -
     return math.inf if last == len(g) else float(last)
 
 
+def collapse_rule(env_collapsed: bool, recovery: float) -> CollapseRule | None:
+    """The rule that counts a run as collapsed (the env's first), or ``None`` if neither does:
+    see :data:`CollapseRule`. ``recovery`` is :func:`recovery_time` (NaN: unknown, no rule)."""
+    if env_collapsed:
+        return "env collapse"
+    return "no recovery" if math.isinf(recovery) else None
+
+
 def is_collapsed(env_collapsed: bool, recovery: float) -> bool:
     """Collapsed: the env's collapse rule fired, or the run never recovered (``R = inf``)."""
-    return bool(env_collapsed) or math.isinf(recovery)
+    return collapse_rule(env_collapsed, recovery) is not None
 
 
 def area_between(baseline: ArrayLike, perturbed: ArrayLike) -> float:

@@ -4,6 +4,7 @@ results and their :class:`~trainenv.audit.summary.Summary`."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from trainenv.audit.formatting import (
     pyplot,
     save_figure,
 )
+from trainenv.audit.metrics import CollapseRule, collapse_rule
 from trainenv.audit.store import ResultStore
 from trainenv.audit.summary import (
     CENSORING_LEGEND,
@@ -91,6 +93,8 @@ def _markdown(summary: Summary, runs: pd.DataFrame, root: Path, paths: dict[str,
         f"![margin curves]({rel['margins']})",
         "",
         "## Trajectories",
+        "",
+        f"One seed and onset per recipe. {MARKER_LEGEND}; both count as collapses.",
         "",
     ]
     for key, path in rel.items():
@@ -230,9 +234,46 @@ def plot_margin_curves(summary: Summary, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_trajectories(store: ResultStore, runs: pd.DataFrame, recipe: str, path: Path) -> None:
+MARKERS: dict[CollapseRule, str] = {"env collapse": "x", "no recovery": "o"}
+MARKER_LEGEND = (
+    "x: env collapse (the env's collapse rule ended the run); o: no recovery (not back within "
+    "the tolerance of the unperturbed run by the end of the horizon)"
+)
+
+
+@dataclass(frozen=True)
+class CollapseMarker:
+    """A marker on a trajectory figure: a run the metrics count as collapsed, at its last step
+    (``step``, ``p``), and the rule that counted it
+    (:data:`~trainenv.audit.metrics.CollapseRule`)."""
+
+    run_id: str
+    intervention: str
+    magnitude: float
+    step: int
+    p: float
+    rule: CollapseRule
+
+
+def collapse_marker(run: Any, steps: np.ndarray, p: np.ndarray) -> CollapseMarker | None:
+    """The marker of a perturbed run (a runs-table row with ``collapse_reason`` and
+    ``recovery_time``) whose curve is ``steps``, ``p`` (shape ``(n,)``); ``None`` unless the
+    metrics count it as collapsed."""
+    rule = collapse_rule(isinstance(run.collapse_reason, str), float(run.recovery_time))
+    if rule is None:
+        return None
+    return CollapseMarker(
+        str(run.run_id), str(run.intervention), float(run.magnitude), int(steps[-1]),
+        float(p[-1]), rule,
+    )  # fmt: skip
+
+
+def plot_trajectories(
+    store: ResultStore, runs: pd.DataFrame, recipe: str, path: Path
+) -> list[CollapseMarker]:
     """Per intervention, one seed and onset: the unperturbed branch and each perturbed one,
-    with the perturbation window shaded."""
+    with the perturbation window shaded and every collapsed run marked by the rule that counted
+    it. Returns the markers drawn."""
     plt = pyplot()
     runs = runs[runs["recipe"] == recipe]
     seed, onset = runs["seed"].min(), runs["onset"].min()
@@ -243,6 +284,7 @@ def plot_trajectories(store: ResultStore, runs: pd.DataFrame, recipe: str, path:
     names = list(in_report_order(pair[pair["kind"] == "perturbed"])["intervention"].unique())
     fig, axes = _subplot_grid(plt, len(names))
     cmap = plt.get_cmap("viridis")
+    markers: list[CollapseMarker] = []
     for ax, name in zip(axes, names):
         runs_i = pair[pair["intervention"] == name].sort_values("magnitude")
         window = int(runs_i["duration"].iloc[0])
@@ -254,14 +296,21 @@ def plot_trajectories(store: ResultStore, runs: pd.DataFrame, recipe: str, path:
             y = np.concatenate([base.loc[base["step"] == onset, "p"].to_numpy()[:1], s["p"]])
             color = cmap(j / max(len(runs_i) - 1, 1) * 0.9)
             ax.plot(x, y, color=color, lw=1.2, label=f"{r.magnitude:g}")
-            if isinstance(r.collapse_reason, str):
-                ax.plot(x[-1], y[-1], "x", color="red", ms=8)
+            marker = collapse_marker(r, x, y)
+            if marker is not None:
+                markers.append(marker)
+                ax.plot(marker.step, marker.p, MARKERS[marker.rule], color="red", ms=8, mfc="none")
         ax.set_title(f"{name}, seed {seed}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("p", fontsize=8)
         ax.legend(fontsize=6, title="magnitude", title_fontsize=6)
-    fig.suptitle(f"{recipe}: perturbed vs unperturbed (shaded: perturbation; x: collapse)")
+    fig.suptitle(
+        f"{recipe}: perturbed vs unperturbed (shaded: perturbation)\n"
+        "x: env collapse (terminated); o: no recovery within the horizon",
+        fontsize=9,
+    )
     save_figure(fig, path)
+    return markers
 
 
 def _subplot_grid(plt: Any, n: int) -> tuple[Any, list[Any]]:
