@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from trainenv.cli import main
+from trainenv.cli import _parser, main
 
 PLAN = "env: trainenv/Digits-MLP-v0\nonsets: [3]\nhorizon: 5\nseeds: 1\n"
 GRID = "interventions: [{name: lr_shock, magnitudes: [10]}]\n"
@@ -141,3 +143,72 @@ def test_list_builds_nothing() -> None:
     assert done.returncode == 0, done.stderr
     assert "SB3Trainer: trainenv/CartPole-PPO-v0" in done.stdout
     assert "CausalLMTrainer: trainenv/TinyLM-v0" in done.stdout
+
+
+def test_list_columns_hold_what_their_headers_say(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainenv.core import interventions as registry
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rule = lines[1], lines[2]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", rule)]
+    spans[-1] = (spans[-1][0], None)  # the last column runs to the end of its line
+    names = [header[a:b].strip() for a, b in spans]
+    assert names == ["intervention", "dimension", "role", "magnitude", "acts on", "steps",
+                     "what it does"]  # fmt: skip
+    row = next(line for line in lines if line.startswith("optimizer_reset "))
+    cell = {n: row[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)}
+    lr_reset = registry.get("optimizer_reset")
+    assert cell == {
+        "intervention": "optimizer_reset",
+        "dimension": "optimization",
+        "role": "perturbation",
+        "magnitude": "[0.1, 1] lin",
+        "acts on": "event optimizer_reset",
+        "steps": str(lr_reset.duration),
+        "what it does": lr_reset.description,
+    }
+
+
+# -- the parsers --------------------------------------------------------------------------------
+def commands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_command_and_argument_has_help_stating_its_default() -> None:
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {c.dest: bool(c.help) for c in sub._choices_actions} == dict.fromkeys(commands(), True)
+    for name, command in {"trainenv": _parser(), **commands()}.items():
+        for action in command._actions:
+            where = f"trainenv {name} {action.option_strings or action.dest}"
+            assert action.help and action.help != argparse.SUPPRESS, where
+            if action.default not in (None, False, argparse.SUPPRESS):
+                help_text = action.help % {"default": action.default}
+                assert f"default: {action.default}" in help_text.replace("./", ""), where
+
+
+def test_shared_options_have_the_same_default() -> None:
+    defaults: dict[str, dict[str, object]] = {}
+    for name, command in commands().items():
+        for action in command._actions:
+            for option in action.option_strings:
+                defaults.setdefault(option, {})[name] = action.default
+    assert defaults["--workers"] == {"audit": None, "findings": None}  # the CPU count, both
+    # --out: a folder command writes ./COMMAND-out; calibrate's --out is one file
+    assert defaults.pop("--out") == {
+        "audit": Path("audit-out"),
+        "calibrate": None,
+        "findings": Path("findings-out"),
+    }
+    for option, by_command in defaults.items():
+        assert len({repr(d) for d in by_command.values()}) == 1, (option, by_command)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import trainenv
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"trainenv {trainenv.__version__}\n"

@@ -2,20 +2,24 @@
 
 ::
 
-    trainenv audit [PLAN] --out DIR [--backend serial|process|ray] [--workers N] [--address A]
+    trainenv audit [PLAN] [--out DIR] [--backend serial|process|ray] [--workers N] [--address A]
     trainenv report DIR
     trainenv list
     trainenv calibrate ENV_ID [--seeds N] [--window W] [--radius R] [--out FILE]
-    trainenv findings [--quick] --out DIR [--workers N]
+    trainenv findings [--quick] [--out DIR] [--workers N]
+    trainenv --version
 
 ``audit`` without a plan audits ``trainenv/CartPole-PPO-v0`` across the four dimensions.
-Rerunning an audit with the same ``--out`` resumes it. ``calibrate`` refits an environment's
+A command that writes a folder writes ``./COMMAND-out`` (``audit-out``, ``findings-out``)
+unless ``--out`` names another; rerunning it with the same ``--out`` resumes it. ``--workers``
+defaults to the CPU count everywhere. ``calibrate`` refits an environment's
 meta-state encoder and reference band; ``findings`` tests the seed paper's three claims.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -38,14 +42,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # a bad plan or option: the user's to fix, no traceback
         print(f"trainenv {args.name}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`trainenv list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs advise
+        return 0
+
+
+OUT_RULE = "every command that writes a folder writes ./COMMAND-out unless --out names another"
+WORKERS_HELP = "parallel worker processes (default: the CPU count)"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from trainenv import __version__
+
     parser = argparse.ArgumentParser(
         prog="trainenv",
         description="Stability audits of training recipes run as Gymnasium environments.",
+        epilog=f"Outputs: {OUT_RULE}; rerunning a command with the same --out resumes it.",
     )
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"trainenv {__version__}")
+    sub = parser.add_subparsers(
+        required=True, metavar="COMMAND", help="one of the commands below (COMMAND -h: its options)"
+    )
 
     audit = sub.add_parser("audit", help="run a perturbation audit (resumable)")
     audit.add_argument(
@@ -54,19 +71,22 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="YAML plan (default: CartPole-PPO-v0 across the four dimensions)",
     )
+    _out_folder(audit, "audit")
     audit.add_argument(
-        "--out",
-        type=Path,
-        default=Path("audit-results"),
-        help="output directory (default: ./audit-results)",
+        "--backend", choices=BACKENDS, help="where runs execute (default: the plan's, else process)"
     )
-    audit.add_argument("--backend", choices=BACKENDS, help="overrides the plan's (default process)")
-    audit.add_argument("--workers", type=int, help="parallel workers (default: the CPU count)")
+    audit.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="parallel worker processes (default: the plan's, else the CPU count)",
+    )
     audit.add_argument("--address", help="Ray cluster address (with --backend ray)")
     audit.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     audit.add_argument(
         "--flush-seconds",
         type=float,
+        metavar="S",
         help="write finished runs to --out at least this often, in batches (default 30; "
         "kill -9 loses at most these and the runs in flight; 0: each run as it finishes)",
     )
@@ -76,22 +96,48 @@ def _parser() -> argparse.ArgumentParser:
         "report",
         help="write report.md and figures for a results directory (audit or controller evaluation)",
     )
-    report.add_argument("dir", type=Path)
+    report.add_argument(
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help="a results folder: the --out of an audit (with runs/ and steps/) or of a "
+        "controller evaluation",
+    )
     report.set_defaults(command=_report, name="report")
 
-    listing = sub.add_parser("list", help="environments and their interventions, per trainer")
+    listing = sub.add_parser(
+        "list", help="registered environments and the interventions each offers, per trainer"
+    )
     listing.set_defaults(command=_list, name="list")
 
     calibrate = sub.add_parser(
         "calibrate", help="fit an environment's meta-state encoder and reference band"
     )
     calibrate.add_argument("env_id", help="registered environment id, e.g. trainenv/Digits-MLP-v0")
-    calibrate.add_argument("--seeds", type=int, default=8, help="reference runs (default 8)")
-    calibrate.add_argument("--window", type=int, default=16, help="updates per window (default 16)")
     calibrate.add_argument(
-        "--radius", type=int, default=2, help="steps pooled each side into a band step (default 2)"
+        "--seeds", type=int, metavar="N", default=8, help="reference runs (default: %(default)s)"
     )
-    calibrate.add_argument("--out", type=Path, help="output .npz (default: where the env loads it)")
+    calibrate.add_argument(
+        "--window",
+        type=int,
+        metavar="W",
+        default=16,
+        help="updates per window (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--radius",
+        type=int,
+        metavar="R",
+        default=2,
+        help="steps pooled each side into a band step (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="output .npz file, not a folder (default: the file the environment loads, "
+        "shipped with trainenv)",
+    )
     calibrate.set_defaults(command=_calibrate, name="calibrate")
 
     findings = sub.add_parser(
@@ -99,10 +145,21 @@ def _parser() -> argparse.ArgumentParser:
         help="test the seed paper's three claims; write a report (resumes if interrupted)",
     )
     findings.add_argument("--quick", action="store_true", help="the ~5-minute version (CI)")
-    findings.add_argument("--out", type=Path, required=True, help="output directory")
-    findings.add_argument("--workers", type=int, default=2, help="parallel workers (default 2)")
+    _out_folder(findings, "findings")
+    findings.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     findings.set_defaults(command=_findings, name="findings")
     return parser
+
+
+def _out_folder(command: argparse.ArgumentParser, name: str) -> None:
+    """The ``--out`` of a command that writes a folder: ``./NAME-out`` by default."""
+    command.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        default=Path(f"{name}-out"),
+        help=f"output folder (default: ./%(default)s; {OUT_RULE})",
+    )
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -212,7 +269,15 @@ def _list(args: argparse.Namespace) -> int:
             ]
             for i in supported[trainer]
         ]
-        headers = ["intervention", "dimension", "role", "range", "acts on", "steps", "magnitude"]
+        headers = [
+            "intervention",
+            "dimension",
+            "role",
+            "magnitude",
+            "acts on",
+            "steps",
+            "what it does",
+        ]
         print(format_table(headers, rows, markdown=False))
         print()
     return 0
@@ -245,7 +310,8 @@ def _findings(args: argparse.Namespace) -> int:
             f"(--quick: ~5 min); interrupted, it resumes from {args.out}",
             flush=True,
         )
-    report, findings = run_findings(args.out, quick=args.quick, workers=args.workers)
+    workers = args.workers if args.workers is not None else os.cpu_count() or 1
+    report, findings = run_findings(args.out, quick=args.quick, workers=workers)
     for claim, (_, verdict) in findings.verdicts().items():
         print(f"claim {claim}: {verdict}")
     print(f"report: {report}")
