@@ -3,7 +3,9 @@ minimal trainer written from the public names only."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +218,25 @@ def test_an_infinite_grad_norm_or_val_loss_is_a_non_finite_collapse(
     trainer.reset(0)
     telemetry = trainer.advance(10)
     assert telemetry.diverged and len(telemetry.values) == 3
+
+
+@pytest.mark.slow  # calibrates, audits 8 paired runs and forks: ~7 s of CPU
+def test_the_custom_trainer_example_calibrates_audits_and_forks(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "custom_trainer.py"
+    spec = importlib.util.spec_from_file_location("custom_trainer", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(tmp_path)
+    assert result["encoder_components"] >= 1 and result["fork"] is True
+    assert result["runs"] == 2 * 2 * 2 + 2  # interventions x magnitudes x seeds, + unperturbed
+
+
+def test_a_user_trainer_needs_only_names_exported_by_trainenv_trainers() -> None:
+    import trainenv.trainers as public
+
+    needed = {"Trainer", "TorchTrainer", "TrainerSpec", "Snapshot", "ChannelSpec", "Telemetry",
+              "KnobSpec", "TORCH_EVENTS", "LR_SCALE", "GRAD_CLIP", "clone_tree",
+              "check_positive_int"}  # fmt: skip
+    assert needed <= set(public.__all__)
+    assert all(getattr(public, name) is not None for name in public.__all__)
