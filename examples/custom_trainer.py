@@ -149,6 +149,7 @@ def main(out: Path) -> dict[str, Any]:
 
     # 3. Fork: a copy of the live run continues exactly as the original does.
     env = gym.make(ENV_ID).unwrapped
+    assert isinstance(env, trainenv.TrainEnv)
     env.reset(seed=7)
     env.intervene({"lr_shock": 10.0})  # interventions by name and magnitude
     twin = env.fork()
