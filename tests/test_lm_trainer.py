@@ -270,6 +270,26 @@ def test_a_tokenizer_a_text_directory_and_a_dataset_work(tmp_path: Path) -> None
         assert np.isfinite(trainer.advance(4).values).all()
 
 
+def test_documents_in_memory_are_the_same_corpus_as_the_files(tmp_path: Path) -> None:
+    documents = [f"document {i}: " + "the run trains, then collapses. " * 40 for i in range(3)]
+    for i, document in enumerate(documents):
+        (tmp_path / f"{i}.txt").write_text(document)
+    in_memory = CausalLMTrainer(text=documents, shift_text=tuple(documents), **SMALL)
+    on_disk = CausalLMTrainer(text=tmp_path, shift_text=tmp_path, **SMALL)
+    assert torch.equal(in_memory._data.train, on_disk._data.train)
+    assert torch.equal(in_memory._data.val, on_disk._data.val)
+    in_memory.reset(0)
+    assert np.isfinite(in_memory.advance(2).values).all()
+
+
+def test_a_document_passed_as_a_string_is_a_clear_error() -> None:
+    document = "the run trains, then collapses. " * 100  # 3,200 characters: no file name
+    with pytest.raises(ValueError, match=r"text must be an existing text file .* a 3200-char"):
+        CausalLMTrainer(text=document, **SMALL)
+    with pytest.raises(ValueError, match=r"documents in memory go in a list: shift_text=\["):
+        CausalLMTrainer(shift_text=document, **SMALL)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -278,7 +298,9 @@ def test_a_tokenizer_a_text_directory_and_a_dataset_work(tmp_path: Path) -> None
         ({"lr": 0.0}, "lr must be > 0"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"text": "/no/such/file"}, "text must be an existing text file"),
-        ({"text": object()}, "text must be a path or a dataset"),
+        ({"text": object()}, "text must be a path, a list of strings"),
+        ({"text": []}, "text must hold at least one document"),
+        ({"shift_text": ["a document", 3]}, r"shift_text\[1\] must be a string"),
         ({"text": _Rows(["too short"])}, "text has 9 tokens; seq_len 16 needs at least 170"),
         ({"model_config": {"n_layer": "two"}}, "model_config is not a valid GPT2Config"),
         ({"model_config": {"n_embd": 65}}, "model_config is not a valid GPT2Config"),

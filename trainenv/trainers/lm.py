@@ -4,7 +4,8 @@ The default recipe needs no download: a tiny GPT-2 built from a ``GPT2Config`` (
 wide, 2 heads, byte-level vocabulary of 256, context 64) learns the reference prose Python
 ships in ``pydoc_data.topics`` (about 466k bytes), tokenised as raw UTF-8 bytes. A user may
 pass their own model (e.g. ``AutoModelForCausalLM.from_pretrained(local_dir)``), a
-transformers tokenizer, and a text file, a directory of text files or a ``datasets.Dataset``.
+transformers tokenizer, and a text file, a directory of text files, a list of documents or a
+``datasets.Dataset``.
 
 Requires the ``lm`` extra (``pip install trainenv[lm]``): this module imports transformers,
 so ``trainenv.trainers`` exports :class:`CausalLMTrainer` lazily.
@@ -13,13 +14,9 @@ so ``trainenv.trainers`` exports :class:`CausalLMTrainer` lazily.
 from __future__ import annotations
 
 import copy
-import email
-import json
 import math
 import os
-import pydoc_data.topics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -31,6 +28,13 @@ from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import torch_generator
 from trainenv.core.telemetry import ChannelSpec
 from trainenv.trainers.base import TrainerSpec, check_positive_int
+from trainenv.trainers.lm_corpus import (
+    BYTE_VOCAB,
+    Corpus,
+    documents,
+    pydoc_texts,
+    stdlib_source,
+)
 from trainenv.trainers.torch import TorchTrainer, rescale_weights
 
 try:
@@ -55,8 +59,6 @@ LOGIT_SOFTCAP = KnobSpec(
     "logit_softcap", math.inf, 1e-3, math.inf, "logits mapped to cap * tanh(logits / cap)"
 )
 MIN_LR_RATIO = 0.1  # the cosine schedule decays to this fraction of the peak, then holds
-VAL_FRACTION = 0.1  # the last 10 % of the corpus's tokens are the validation split
-BYTE_VOCAB = 256
 CHANNELS = (
     ChannelSpec("train_loss", "cross-entropy of the update's batch, nats per token"),
     ChannelSpec("val_loss", "cross-entropy on the validation subset at the latest pass, nats"),
@@ -93,10 +95,11 @@ class CausalLMTrainer(TorchTrainer):
             dropout.
         tokenizer: A transformers tokenizer; default: UTF-8 bytes as token ids 0..255.
         text: The corpus: a path to a text file or a directory of text files (every file
-            below it, sorted, read as UTF-8 with undecodable bytes replaced), or an object
-            with a ``"text"`` column such as a ``datasets.Dataset``; default:
-            ``pydoc_data.topics``. Documents are joined with a blank line; the last 10 % of
-            tokens are the validation split (the same for every seed).
+            below it, sorted, read as UTF-8 with undecodable bytes replaced), a list of
+            strings (documents in memory), or an object with a ``"text"`` column such as a
+            ``datasets.Dataset``; default: ``pydoc_data.topics``. A string is always a path.
+            Documents are joined with a blank line; the last 10 % of tokens are the
+            validation split (the same for every seed).
         shift_text: The ``domain_shift`` source, same forms as ``text``; default: the Python
             source code of the standard library's ``json`` and ``email`` packages.
         lr: Peak AdamW learning rate (knobs scale it).
@@ -117,8 +120,8 @@ class CausalLMTrainer(TorchTrainer):
         self,
         model: PreTrainedModel | None = None,
         tokenizer: Any = None,
-        text: str | os.PathLike[str] | Any = None,
-        shift_text: str | os.PathLike[str] | Any = None,
+        text: str | os.PathLike[str] | Sequence[str] | Any = None,
+        shift_text: str | os.PathLike[str] | Sequence[str] | Any = None,
         *,
         lr: float = 3e-3,
         batch_size: int = 16,
@@ -152,10 +155,10 @@ class CausalLMTrainer(TorchTrainer):
         self._template = None if model is None else _checked_model(model, seq_len, tokenizer)
         self.dropout = float(dropout)
         self._n_tokens = BYTE_VOCAB if tokenizer is None else len(tokenizer)
-        self._data = _Corpus(_texts(text, "text") if text is not None else _pydoc_texts(),
-                             tokenizer, seq_len + 1)  # fmt: skip
-        shift = _texts(shift_text, "shift_text") if shift_text is not None else _stdlib_source()
-        self._shift = _Corpus(shift, tokenizer, seq_len + 1)
+        self._data = Corpus(documents(text, "text") if text is not None else pydoc_texts(),
+                            tokenizer, seq_len + 1)  # fmt: skip
+        shift = documents(shift_text, "shift_text") if shift_text is not None else stdlib_source()
+        self._shift = Corpus(shift, tokenizer, seq_len + 1)
         self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches))
         super().__init__()
 
@@ -349,77 +352,9 @@ class CausalLMTrainer(TorchTrainer):
         return cast(PreTrainedModel, super()._model())
 
 
-class _Corpus:
-    """Token ids of a text source split into training and validation (shared by forks).
-
-    Args:
-        texts: The documents, joined with a blank line.
-        tokenizer: A transformers tokenizer, or ``None`` for UTF-8 bytes.
-        window: Tokens per training window (``seq_len + 1``).
-    """
-
-    def __init__(self, texts: Sequence[str], tokenizer: Any, window: int) -> None:
-        tokens = _tokenize("\n\n".join(texts), tokenizer)
-        if len(tokens) * VAL_FRACTION < window:
-            raise ValueError(
-                f"text has {len(tokens)} tokens; seq_len {window - 1} needs at least "
-                f"{math.ceil(window / VAL_FRACTION)} (10 % of them for validation)"
-            )
-        n_val = round(VAL_FRACTION * len(tokens))
-        self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
-        self.window = window
-        self.n_windows = len(self.train) - window + 1
-        self._offsets = torch.arange(window)
-
-    def windows(self, starts: np.ndarray) -> torch.Tensor:
-        """Training windows at ``starts``, shape ``(len(starts), window)``."""
-        return self.train[torch.from_numpy(starts)[:, None] + self._offsets]
-
-    def val_windows(self, n: int) -> torch.Tensor:
-        """``n`` evenly spaced validation windows, shape ``(n, window)``."""
-        starts = torch.linspace(0, len(self.val) - self.window, n).long()
-        return self.val[starts[:, None] + self._offsets]
-
-
 def _share(fraction: float, n: int) -> int:
     """``ceil(fraction * n)``: at least one of ``n`` items whenever ``fraction > 0``."""
     return math.ceil(fraction * n - 1e-9)  # the tolerance keeps 0.25 * 8 at 2, not 3
-
-
-def _tokenize(text: str, tokenizer: Any) -> torch.Tensor:
-    if tokenizer is None:
-        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    return torch.as_tensor(ids, dtype=torch.long)
-
-
-def _texts(source: Any, field: str) -> list[str]:
-    """The documents of a path (file or directory) or of an object with a ``"text"`` column."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_file():
-            return [path.read_text(encoding="utf-8", errors="replace")]
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            if files:
-                return [p.read_text(encoding="utf-8", errors="replace") for p in files]
-        raise ValueError(f"{field} must be an existing text file or non-empty directory: {path}")
-    if "text" in getattr(source, "column_names", ()):
-        return [str(t) for t in source["text"]]
-    raise ValueError(
-        f"{field} must be a path or a dataset with a 'text' column, got {type(source).__name__}"
-    )
-
-
-def _pydoc_texts() -> list[str]:
-    topics = pydoc_data.topics.topics
-    return [topics[key] for key in sorted(topics)]
-
-
-def _stdlib_source() -> list[str]:
-    """The Python source of the standard library's ``json`` and ``email`` packages (~426 kB)."""
-    roots = [Path(str(package.__file__)).parent for package in (json, email)]
-    return [p.read_text(encoding="utf-8") for root in roots for p in sorted(root.rglob("*.py"))]
 
 
 def _default_config(
