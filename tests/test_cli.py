@@ -212,3 +212,43 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"trainenv {trainenv.__version__}\n"
+
+
+# -- progress -----------------------------------------------------------------------------------
+def test_an_audit_logs_progress_lines_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainenv.audit import progress
+
+    from .test_audit_runner import tiny_plan
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)  # a line per result, not per 20 s
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(tiny_plan().to_yaml())
+    out = str(tmp_path / "out")
+    assert main(["audit", str(plan), "--out", out, "--backend", "serial", "--no-report"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    n = tiny_plan().n_runs
+    assert len(lines) == len(tiny_plan().seeds)  # a result per seed: its 5 runs at once
+    pattern = rf"audit: (\d+)/{n} runs \(\d+%\), \d+:\d\d elapsed(, about \d+:\d\d left)?"
+    matches = [re.fullmatch(pattern, line) for line in lines]  # plain lines, no bar
+    assert all(matches), lines
+    assert [int(m.group(1)) for m in matches if m] == [n // 2, n]
+    assert all(m.group(2) for m in matches[:-1] if m) and lines[-1].startswith(f"audit: {n}/{n}")
+
+
+def test_progress_lines_are_spaced_and_estimate_from_this_sessions_rate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainenv.audit import progress
+
+    clock = iter([0.0, 5.0, 30.0, 95.0])  # start, then one reading per update
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with progress.ProgressLines(total=10, done=4, desc="audit", every=20) as lines:
+        lines.update(1)  # 5 s: not due
+        lines.update(1)  # 30 s: 2 runs in 30 s, 4 left -> about 60 s
+        lines.update(4)  # the last run always prints
+    assert capsys.readouterr().err.splitlines() == [
+        "audit: 6/10 runs (60%), 0:30 elapsed, about 1:00 left",
+        "audit: 10/10 runs (100%), 1:35 elapsed",
+    ]

@@ -14,7 +14,8 @@ Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (
 :mod:`~trainenv.audit.summary` (summaries and the terminal table),
 :mod:`~trainenv.audit.report` (Markdown and figures),
 :mod:`~trainenv.audit.controllers` (controller evaluations in the same format),
-:mod:`~trainenv.audit.tasks` (tasks through a backend into a store, with progress).
+:mod:`~trainenv.audit.tasks` (tasks through a backend into a store),
+:mod:`~trainenv.audit.progress` (a bar on a terminal, plain lines in a log).
 Early warning is :mod:`trainenv.warning`; the paper's three claims, :mod:`trainenv.findings`.
 Names load on first use, so ``import trainenv.audit`` stays light.
 """

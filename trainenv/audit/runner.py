@@ -284,7 +284,7 @@ def run_audit(
         plan: The plan; checked against the environments before anything runs.
         out: Output directory.
         backend, workers, address: Override the plan's execution settings.
-        progress: Show a progress bar (``None``: only on an interactive terminal).
+        progress: False hides the progress display (see :func:`~trainenv.audit.tasks.run_tasks`).
         on_record: Called with each run as it is stored.
         flush_seconds: Finished runs are written in batches at least this often (of at most
             :data:`~trainenv.audit.store.BATCH_RUNS` runs, and on exit); ``kill -9`` loses at

@@ -1,4 +1,4 @@
-"""Running a list of tasks through a backend into a results store, with a progress bar.
+"""Running a list of tasks through a backend into a results store, showing progress.
 
 Audits (:func:`~trainenv.audit.runner.run_audit`), early-warning simulations
 (:func:`~trainenv.warning.simulation.simulate_runs`) and the findings all run their work
@@ -9,11 +9,11 @@ job resumes with the runs the store already holds.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from trainenv.audit.backends import Backend
+from trainenv.audit.progress import progress as show_progress
 from trainenv.audit.store import ResultStore, RunRecord
 
 T = TypeVar("T")
@@ -51,19 +51,15 @@ def run_tasks(
         records: A result's runs to store.
         backend: From :func:`~trainenv.audit.backends.make_backend`, made (and so checked)
             before any work.
-        total: Runs in the whole job, for the progress bar; ``done`` of them already stored.
-        desc: The progress bar's label.
-        progress: Show a progress bar (``None``: only on an interactive terminal).
+        total: Runs in the whole job, for the progress display; ``done`` of them already
+            stored.
+        desc: The progress display's label.
+        progress: Show progress on stderr (``None``, the default, or True): a bar on a
+            terminal, else a line every :data:`~trainenv.audit.progress.PROGRESS_SECONDS`
+            with the time elapsed and an estimate of the rest; False: nothing.
         on_record: Called with each record once it is stored.
     """
-    from tqdm import tqdm
-
-    disable = None if progress is None else not progress
-    with (
-        tqdm(total=total, initial=done, unit="run", disable=disable, file=sys.stderr,
-             desc=desc) as bar,
-        backend,
-    ):  # fmt: skip
+    with show_progress(total, done, desc, progress) as bar, backend:
         for result in backend.map_unordered(fn, tasks):
             written = records(result)
             for record in written:
