@@ -1,9 +1,13 @@
 """Execution backends: where an audit's groups run.
 
 - ``serial``: in this process, one group after another.
-- ``process`` (default): a pool of local worker processes (``forkserver``, or ``spawn`` where
-  that is missing; never ``fork``, which would copy this process's torch thread pools and
-  RNG state into the workers).
+- ``process`` (default): a pool of local worker processes, started with ``spawn`` (never
+  ``fork``, which would copy this process's torch thread pools and RNG state into the
+  workers; not ``forkserver`` either: its workers are the server's children, and they and the
+  server keep each other alive when this process is killed). Workers die with this process
+  however it ends: ``PR_SET_PDEATHSIG`` on Linux and a watchdog thread everywhere. They ignore
+  SIGINT (Ctrl-C reaches the whole process group): this process stops them, at once, when it
+  leaves the backend with an exception.
 - ``ray``: Ray tasks, on a local Ray instance or a cluster (``address``); needs the optional
   extra ``trainenv[ray]``, and ``trainenv`` installed on every node.
 
@@ -14,7 +18,13 @@ completion order; the caller writes them.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -26,11 +36,62 @@ R = TypeVar("R")
 BACKENDS = ("serial", "process", "ray")
 
 
-def init_worker() -> None:
-    """Worker set-up: one torch thread."""
+WATCHDOG_SECONDS = 1.0  # how often a worker checks that its parent is alive
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def init_worker(parent_pid: int | None = None) -> None:
+    """Worker set-up: one torch thread; with ``parent_pid`` (the pool's owner, this worker's
+    parent), SIGINT ignored and death with the parent."""
+    if parent_pid is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (raised again on leaving) while the caller handles a
+    result: a stop lands while work runs or is awaited, never halfway through storing one.
+    (Handlers, not a signal mask: any thread may receive a signal, the main one handles it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def remember(signum: int, frame: object) -> None:
+        arrived.append(signum)
+
+    before = {s: signal.signal(s, remember) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if arrived:  # now handled as it would have been
+            signal.raise_signal(arrived[0])
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when process ``parent_pid`` (our parent) ends, even by ``kill -9``."""
+    if sys.platform.startswith("linux"):  # the kernel sends SIGKILL when the parent exits
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(1)
+    # Elsewhere (and as a fallback): once the parent is gone we are re-parented.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(WATCHDOG_SECONDS)
+    os._exit(1)
 
 
 @contextmanager
@@ -61,7 +122,9 @@ class SerialBackend(Backend):
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         with _one_thread():
             for task in tasks:
-                yield fn(task)
+                result = fn(task)
+                with _signals_held():
+                    yield result
 
 
 class ProcessBackend(Backend):
@@ -75,21 +138,29 @@ class ProcessBackend(Backend):
         tasks = list(tasks)
         if not tasks:
             return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         self._pool = ProcessPoolExecutor(
-            min(self.workers, len(tasks)), mp_context=context, initializer=init_worker
+            min(self.workers, len(tasks)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(os.getpid(),),
         )
         pending: set[Future[R]] = {self._pool.submit(fn, task) for task in tasks}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                result = future.result()
+                with _signals_held():
+                    yield result
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if exc[0] is not None:  # interrupted or failed: stop the runs in flight now
+            # ``_processes`` is private, but the executor offers no other way before 3.14.
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayBackend(Backend):
@@ -122,7 +193,9 @@ class RayBackend(Backend):
         pending = [remote.remote(fn, task) for task in tasks]
         while pending:
             done, pending = self._ray.wait(pending, num_returns=1)
-            yield self._ray.get(done[0])
+            result = self._ray.get(done[0])
+            with _signals_held():
+                yield result
 
     def __exit__(self, *exc: object) -> None:
         if self._started:
