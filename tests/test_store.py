@@ -137,3 +137,22 @@ def test_steps_without_their_runs_file_are_removed(tmp_path: Path) -> None:
     (tmp_path / "runs" / files(tmp_path, "steps")[0].name).unlink()  # killed between the two
     with ResultStore(tmp_path) as store:
         assert not files(tmp_path, "steps") and not store.finished()
+
+
+def test_the_readme_one_liners_read_an_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Reading results")[1].split("\n## ")[0]
+    code = section.split("```python\n")[1].split("```")[0]
+    plan = tiny_plan(seeds=[0, 1])
+    run_audit(plan, tmp_path / "results" / "digits", progress=False, flush_seconds=0)
+    monkeypatch.chdir(tmp_path)
+    names: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), names)  # verbatim
+    runs, steps, rates, worst = (names[k] for k in ("runs", "steps", "rates", "worst"))
+    assert len(runs) == plan.n_runs and runs["run_id"].is_unique  # type: ignore[arg-type]
+    assert len(steps) and (steps["step"] >= 10).all()  # type: ignore[arg-type,index]
+    assert len(rates) == 1 + 4 and set(rates.columns) == {  # type: ignore[attr-defined]
+        "intervention", "magnitude", "collapse_rate"}  # fmt: skip
+    assert worst.height == 5  # type: ignore[attr-defined]

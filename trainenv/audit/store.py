@@ -227,12 +227,14 @@ class ResultStore:
             self._timer = None
         if not self._buffer:
             return
-        name = f"part-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"  # in write order
+        name = f"part-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
         steps = [s for r in self._buffer for s in r.steps]
-        # steps first, the runs file last: it commits the batch
-        self._write_table(STEPS, f"{name}.parquet", steps)
-        self._write_table(RUNS, f"{name}.parquet", [r.row for r in self._buffer])
-        self._buffer = []
+        try:  # steps first, the runs file last: it commits the batch
+            self._write_table(STEPS, name, steps)
+            self._write_table(RUNS, name, [r.row for r in self._buffer])
+        finally:  # whatever stopped us after the commit, the batch must not be written twice
+            if (self.root / RUNS / name).exists():
+                self._buffer = []
 
     def _write_table(self, sub: str, name: str, rows: list[dict[str, Any]]) -> None:
         schema = self._schemas.get(sub, pa.schema([]))
