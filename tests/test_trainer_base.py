@@ -240,3 +240,31 @@ def test_a_user_trainer_needs_only_names_exported_by_trainenv_trainers() -> None
               "check_positive_int"}  # fmt: skip
     assert needed <= set(public.__all__)
     assert all(getattr(public, name) is not None for name in public.__all__)
+
+
+def test_a_trainer_runs_on_its_own_thread_count_and_restores_the_callers() -> None:
+    seen: list[int] = []
+
+    class Spy(Logistic):
+        def _build(self, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+            seen.append(torch.get_num_threads())
+            return super()._build(seed)
+
+        def _update(self, number: int) -> list[float]:
+            seen.append(torch.get_num_threads())
+            return super()._update(number)
+
+    outer = torch.get_num_threads()
+    trainer = Spy()
+    assert trainer.num_threads == 1 and SupervisedTrainer(num_threads=None).num_threads is None
+    trainer.num_threads = 2
+    torch.set_num_threads(3)
+    try:
+        trainer.reset(0)
+        trainer.advance(2)
+        assert seen == [2, 2, 2] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(outer)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
+            trainer.num_threads = bad  # type: ignore[assignment]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator
@@ -96,6 +98,9 @@ class Trainer(abc.ABC):
     A subclass sets whatever its declaration depends on (its settings) before calling
     ``super().__init__()``.
 
+    Args:
+        num_threads: Torch threads for the run's work (see :attr:`num_threads`).
+
     Attributes:
         spec: The declaration (see :class:`TrainerSpec`); ``channels``, ``knob_specs``,
             ``events``, ``performance_range`` and ``rng_streams`` read it.
@@ -103,7 +108,8 @@ class Trainer(abc.ABC):
         updates: Updates run since ``reset``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, num_threads: int | None = 1) -> None:
+        self.num_threads = num_threads
         spec = self._declare()
         if not isinstance(spec, TrainerSpec):
             raise TypeError(f"{type(self).__name__}._declare() must return a TrainerSpec")
@@ -119,6 +125,19 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def _declare(self) -> TrainerSpec:
         """The run's declaration; called once, by ``Trainer.__init__``."""
+
+    @property
+    def num_threads(self) -> int | None:
+        """Torch threads the run's work uses (set around it and restored after, like the RNG
+        states); ``None`` leaves the process's setting alone. Default 1: the built-in recipes
+        are tiny, and slow down many times over with two threads on a busy machine."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        if value is not None:
+            check_positive_int("num_threads", value)
+        self._num_threads = None if value is None else int(value)
 
     @property
     def channels(self) -> tuple[ChannelSpec, ...]:
@@ -158,7 +177,7 @@ class Trainer(abc.ABC):
         self._knobs = {s.name: s.default for s in self.knob_specs}
         self._perturbation_rngs = {}
         self._rng = RunRng(self.seed, self.rng_streams)
-        with self._rng.active():
+        with torch_threads(self._num_threads), self._rng.active():
             self._reset(self.seed)
 
     def advance(self, k: int) -> Telemetry:
@@ -292,8 +311,12 @@ class Trainer(abc.ABC):
         """Immutable objects a fork may share instead of copying (datasets, corpora)."""
         return ()
 
-    def _active(self) -> Any:
-        return self._require_run().active()
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        """The run's own process-global state in force: its RNG states and thread count."""
+        rng = self._require_run()
+        with torch_threads(self._num_threads), rng.active():
+            yield
 
     def _require_run(self) -> RunRng:
         if self._rng is None:
@@ -305,3 +328,17 @@ def check_positive_int(name: str, value: int) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``None``: unchanged), then restore the count."""
+    outer = torch.get_num_threads()
+    if n is None or n == outer:  # setting it re-sizes torch's pool: skip when already right
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(outer)

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,7 @@ from trainenv.trainers.sb3_settings import (
     observation_space_of,
     resolve_algorithm,
 )
+from trainenv.trainers.sb3_returns import performance_range_of
 from trainenv.trainers.torch import (
     TORCH_EVENTS,
     all_finite,
@@ -76,7 +78,9 @@ class SB3Trainer(Trainer):
     then ``grad_norm``, ``update_ratio``, ``weight_norm``, ``episode_return`` and ``lr``. A
     value the update did not produce (no gradient step yet, e.g. before ``learning_starts``)
     carries the previous one forward (0 at first). Performance is the mean *true* return of the
-    last ``perf_episodes`` finished episodes (the floor of ``performance_range`` before any).
+    last ``perf_episodes`` finished episodes: before any has finished it is the floor of
+    ``performance_range``, ``info()["episodes"]`` is 0, and the first update that ends with no
+    finished episode warns (a ``UserWarning``, once per run).
 
     Knobs, declared per algorithm: ``lr_scale``, ``lr_backoff`` (multiply the recipe's
     schedule), ``grad_clip`` (the trainer clips every optimizer step; default: the algorithm's
@@ -114,10 +118,13 @@ class SB3Trainer(Trainer):
         steps_per_update: Environment steps per update; default ``n_steps * n_envs`` for
             on-policy algorithms, 100 for off-policy ones.
         perf_episodes: Finished episodes averaged into performance (1 to 100).
-        performance_range: ``(floor, ceiling)`` of the episode return; known for
-            ``CartPole-v1`` (0, 500), required for other environments.
+        performance_range: ``(floor, ceiling)`` of the episode return; default: the bounds of
+            a classic-control task (:data:`~trainenv.trainers.sb3_returns.KNOWN_RETURN_RANGES`),
+            else the mean return of a seeded random policy up to the spec's
+            ``reward_threshold`` (a ``ValueError`` asks for it where the spec has none).
         obs_scale: Unit of ``input_noise`` and ``input_shift``, per observation dimension or one
             number; default known for ``CartPole-v1``, 1 (raw observation units) otherwise.
+        num_threads: Torch threads for the run's work (``None``: the process's setting).
     """
 
     def __init__(
@@ -130,6 +137,8 @@ class SB3Trainer(Trainer):
         perf_episodes: int = 10,
         performance_range: tuple[float, float] | None = None,
         obs_scale: float | Sequence[float] | None = None,
+        *,
+        num_threads: int | None = 1,
     ) -> None:
         self.algo_class, self._template = resolve_algorithm(algo)
         self.env_id = env_id
@@ -137,10 +146,10 @@ class SB3Trainer(Trainer):
         self.n_envs = check_n_envs(n_envs, self._template)
         self.perf_episodes = check_int("perf_episodes", perf_episodes, high=100)
         defaults = ENV_DEFAULTS.get(env_id, {})
-        self._performance_range = check_performance_range(
-            performance_range or defaults.get("performance_range"), env_id
-        )
         observation_space = observation_space_of(env_id)
+        self._performance_range = check_performance_range(
+            performance_range_of(env_id, performance_range), env_id
+        )
         self._perturbable_obs = isinstance(observation_space, spaces.Box) and np.issubdtype(
             observation_space.dtype, np.floating
         )
@@ -153,7 +162,7 @@ class SB3Trainer(Trainer):
         self._loss_channels = loss_channels_of(self.algo_class)
         self.model: BaseAlgorithm | None = None
         self._failed = False  # the latest update raised an error that non-finite numbers caused
-        super().__init__()
+        super().__init__(num_threads=num_threads)
         self._last_row = np.zeros(len(self.channels))
 
     def _declare(self) -> TrainerSpec:
@@ -187,6 +196,7 @@ class SB3Trainer(Trainer):
             model.max_grad_norm = math.inf  # the trainer's own hook clips (the grad_clip knob)
         self.model = model
         self._last_row = np.zeros(len(self.channels))
+        self._warned_no_episode = False
 
     def evaluate(self) -> float:
         buffer = self.model.ep_info_buffer if self.model is not None else None
@@ -194,6 +204,12 @@ class SB3Trainer(Trainer):
             return self.performance_range[0]
         recent = itertools.islice(reversed(buffer), self.perf_episodes)
         return float(np.mean([episode["r"] for episode in recent]))
+
+    def info(self) -> dict[str, float]:
+        """``episodes``: finished episodes in performance (0 to ``perf_episodes``; at 0,
+        performance is the floor of ``performance_range``, not a measured return)."""
+        buffer = self.model.ep_info_buffer if self.model is not None else None
+        return {"episodes": min(len(buffer or ()), self.perf_episodes)}
 
     def _state(self) -> dict[str, Any]:
         """A deepcopy of the SB3 model (policy, optimizers, inner VecEnv with its Monitor and
@@ -238,7 +254,22 @@ class SB3Trainer(Trainer):
         finally:
             view.detach()
             clear_cached_tensors(model)
+        if not model.ep_info_buffer and not self._warned_no_episode:
+            self._warn_no_episode(model, number)
         return self._row(model, weights, before)
+
+    def _warn_no_episode(self, model: BaseAlgorithm, number: int) -> None:
+        self._warned_no_episode = True
+        limit = gym.spec(self.env_id).max_episode_steps
+        warnings.warn(
+            f"SB3Trainer: no episode of {self.env_id} has finished after {number} update(s) "
+            f"({model.num_timesteps} environment steps over {self.n_envs} env(s)); performance "
+            f"is the floor {self.performance_range[0]:g} of performance_range until one does "
+            f"(info['episodes'] counts them). An episode lasts up to {limit} steps per env; "
+            f"an update is {self.steps_per_update} steps.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def _diverged(self, row: np.ndarray) -> bool:
         """Non-finite telemetry or weights, or an error that non-finite numbers caused."""

@@ -44,6 +44,7 @@ class SupervisedTrainer(TorchTrainer):
             channels hold the latest pass in between.
         val_fraction: Share of the data held out for validation (a fixed split, the same for
             every seed: the seed varies the run, not the task).
+        num_threads: Torch threads for the run's work (``None``: the process's setting).
     """
 
     def __init__(
@@ -53,6 +54,8 @@ class SupervisedTrainer(TorchTrainer):
         batch_size: int = 32,
         eval_every: int = 10,
         val_fraction: float = 0.2,
+        *,
+        num_threads: int | None = 1,
     ) -> None:
         check_positive_int("batch_size", batch_size)
         check_positive_int("eval_every", eval_every)
@@ -65,7 +68,7 @@ class SupervisedTrainer(TorchTrainer):
         self.hidden = tuple(int(h) for h in hidden)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
         self._data = _DigitsData(val_fraction)
-        super().__init__()
+        super().__init__(num_threads=num_threads)
 
     def _declare(self) -> TrainerSpec:
         return TrainerSpec(

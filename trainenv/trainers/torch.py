@@ -40,10 +40,10 @@ class TorchTrainer(Trainer):
         optimizer: Its optimizer (``None`` before the first ``reset``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, num_threads: int | None = 1) -> None:
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        super().__init__()
+        super().__init__(num_threads=num_threads)
 
     @abc.abstractmethod
     def _build(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
