@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -251,7 +252,7 @@ def test_cartpole_ppo_same_seed_same_trajectory_and_forks_continue_it() -> None:
         ({"algo_kwargs": {"n_stepz": 3}}, "unknown keys \\['n_stepz'\\]"),
         ({"algo_kwargs": {"seed": 3}}, "must not set \\['seed'\\]"),
         ({"env_id": "NoSuchEnv-v0"}, "env_id 'NoSuchEnv-v0'"),
-        ({"env_id": "Pendulum-v1", "algo": "SAC"}, "performance_range is required"),
+        ({"env_id": "CliffWalking-v1"}, "performance_range is required for env_id 'Cliff"),
         ({"performance_range": (1.0, 1.0)}, "performance_range must be"),
         ({"perf_episodes": 0}, "perf_episodes must be an integer in \\[1, 100\\]"),
         ({"steps_per_update": 0}, "steps_per_update must be"),
@@ -264,3 +265,67 @@ def test_bad_configuration_raises_a_value_error_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         SB3Trainer(**kwargs)
+
+
+# -- performance without a performance_range ----------------------------------------------------
+def test_classic_control_tasks_need_no_performance_range() -> None:
+    assert SB3Trainer("A2C", "Acrobot-v1").performance_range == (-500.0, 0.0)
+    assert SB3Trainer("SAC", "Pendulum-v1").performance_range == pytest.approx((-3254.72, 0.0))
+    assert SB3Trainer("PPO", "CartPole-v1", performance_range=(0, 10)).performance_range == (0, 10)
+
+
+def test_a_task_with_a_reward_threshold_gets_a_random_policy_floor() -> None:
+    from trainenv.trainers.sb3_returns import random_policy_return
+
+    env_id = "ShortCartPole-v0"  # CartPole cut at 50 steps, solved at 45: in no table
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv",
+                     max_episode_steps=50, reward_threshold=45.0)  # fmt: skip
+    floor, ceiling = SB3Trainer("PPO", env_id).performance_range
+    assert ceiling == 45.0
+    assert 5.0 < floor < 45.0  # random CartPole episodes last about 20 steps
+    assert random_policy_return(env_id) == floor  # seeded: the same every time
+
+
+def test_an_update_without_a_finished_episode_warns_once_per_run() -> None:
+    trainer = SB3Trainer("A2C", "Acrobot-v1", algo_kwargs={"n_steps": 16})
+    trainer.reset(0)
+    with pytest.warns(UserWarning, match=r"no episode of Acrobot-v1 has finished after 1 upd"):
+        trainer.advance(1)
+    assert trainer.evaluate() == -500.0
+    assert trainer.info() == {"episodes": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.advance(2)  # still none finished: already said
+    trainer.reset(1)
+    with pytest.warns(UserWarning, match="performance is the floor -500 of performance_range"):
+        trainer.advance(1)
+
+
+def test_info_counts_the_episodes_in_performance() -> None:
+    trainer = tiny("PPO")  # 32 CartPole steps an update: random episodes last ~20
+    trainer.advance(3)
+    episodes = trainer.info()["episodes"]
+    assert 1 <= episodes <= trainer.perf_episodes
+
+
+@pytest.mark.parametrize("shrink", [1.0, 4.0, 16.0])
+def test_batch_shrink_keeps_the_optimizer_steps_and_shrinks_each_minibatch(
+    shrink: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A perturbation changes the training signal, not the compute (issue 12, item 9)."""
+    trainer = tiny()  # 32 samples a rollout, minibatches of 16, 2 epochs: 4 optimizer steps
+    trainer.advance(1)
+    policy = trainer.model.policy
+    steps, sizes = [], []
+    policy.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    evaluate = policy.evaluate_actions
+    monkeypatch.setattr(policy, "evaluate_actions",
+                        lambda obs, actions: sizes.append(len(obs)) or evaluate(obs, actions))  # fmt: skip
+    trainer.set_knob("batch_shrink", shrink)
+    trainer.advance(1)
+    assert len(steps) == 4 and sizes == [round(16 / shrink)] * 4
+    trainer.reset_knob("batch_shrink")
+    steps.clear(), sizes.clear()
+    trainer.advance(1)
+    assert len(steps) == 4 and sizes == [16] * 4  # the recipe's minibatches again
