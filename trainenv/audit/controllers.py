@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from trainenv.audit.formatting import format_table, pyplot, save_figure
+from trainenv.audit.html import write_html
 from trainenv.audit.metrics import mean_ci
 from trainenv.audit.store import ResultStore
 
@@ -90,7 +91,8 @@ def summarize_controllers(
 def write_controller_report(
     out: str | Path, n_boot: int = 1000, confidence: float = 0.95
 ) -> tuple[Path, ControllerSummary]:
-    """Write ``report.md`` and ``figures/controllers.png`` under ``out`` from its store."""
+    """Write ``report.md``, ``figures/controllers.png`` and ``report.html`` (the same, one
+    self-contained page) under ``out`` from its store."""
     store = ResultStore(out)
     runs = store.runs()
     summary = summarize_controllers(runs, n_boot, confidence)
@@ -122,6 +124,7 @@ def write_controller_report(
     ]
     path = store.root / "report.md"
     path.write_text("\n".join(lines))
+    write_html(path)
     return path, summary
 
 

@@ -16,6 +16,7 @@ from trainenv.audit.formatting import (
     pyplot,
     save_figure,
 )
+from trainenv.audit.html import write_html
 from trainenv.audit.metrics import CollapseRule, collapse_rule
 from trainenv.audit.store import ResultStore
 from trainenv.audit.summary import (
@@ -37,7 +38,8 @@ from trainenv.core import interventions as registry
 def write_report(
     out: str | Path, n_boot: int = 1000, confidence: float = 0.95
 ) -> tuple[Path, Summary]:
-    """Write ``report.md`` and ``figures/*.png`` under ``out`` from its stored results."""
+    """Write ``report.md``, ``figures/*.png`` and ``report.html`` (the same, one self-contained
+    page) under ``out`` from its stored results."""
     store = ResultStore(out)
     runs = store.runs()
     summary = summarize(runs, n_boot, confidence)
@@ -52,6 +54,7 @@ def write_report(
         paths[f"trajectories of {recipe}"] = path
     report = store.root / "report.md"
     report.write_text(_markdown(summary, runs, store.root, paths))
+    write_html(report)
     return report, summary
 
 

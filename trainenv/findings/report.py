@@ -12,6 +12,7 @@ import pandas as pd
 from trainenv.audit.formatting import format_interval as _ci
 from trainenv.audit.formatting import format_number as _num
 from trainenv.audit.formatting import format_table
+from trainenv.audit.html import write_html
 from trainenv.findings.claims import Findings
 from trainenv.findings.config import (
     FULL_EXPECTED_MINUTES,
@@ -38,7 +39,8 @@ SOURCE = (
 
 
 def write_findings(findings: Findings, out: Path) -> Path:
-    """Write ``report.md``, the figures and the data tables (``data/``) under ``out``
+    """Write ``report.md``, the figures, ``report.html`` (the same, one self-contained page)
+    and the data tables (``data/``) under ``out``
     (claim 3's traces are written by :func:`run_findings` as soon as they exist)."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,7 @@ def write_findings(findings: Findings, out: Path) -> Path:
             figures[name] = name
     report = out / "report.md"
     report.write_text(_markdown(findings, figures))
+    write_html(report)
     return report
 
 
