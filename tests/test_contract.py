@@ -29,11 +29,11 @@ from trainenv.env import TrainEnv
 
 MODES = ("discrete", "continuous")
 LM_SMALL = {"batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1, "warmup": 4}
-PPO_SMALL = {"n_envs": 1, "perf_episodes": 2,
-             "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}  # fmt: skip
+PPO_SMALL = {"n_envs": 1, "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}
 SMALL_TRAINER: dict[str, dict[str, Any]] = {
     "trainenv/CartPole-PPO-v0": PPO_SMALL,
     "trainenv/TinyLM-v0": LM_SMALL,
+    "trainenv/SmallLM-v0": {**LM_SMALL, "model_config": {"n_layer": 1, "n_embd": 16, "n_head": 2}},
 }
 """Smaller inner recipes for the registered ids (any other id runs its own recipe)."""
 
@@ -68,7 +68,7 @@ def _a2c() -> Any:
     from trainenv.trainers.sb3 import SB3Trainer
 
     small = {"n_steps": 8, "policy_kwargs": {"net_arch": [16]}}
-    return SB3Trainer("A2C", algo_kwargs=small, perf_episodes=2)
+    return SB3Trainer("A2C", algo_kwargs=small)
 
 
 def _causal_lm() -> Any:
@@ -93,10 +93,27 @@ def noop(env: TrainEnv) -> Any:
 
 
 def actions(env: TrainEnv, n: int, seed: int = 0) -> list[Any]:
-    """``n`` actions alternating no-ops and seeded samples of the action space (interventions
-    of every kind, reproducibly; the no-ops let the run show their effect)."""
-    env.action_space.seed(seed)
-    return [env.action_space.sample() if i % 2 else noop(env) for i in range(n)]
+    """``n`` actions, reproducible from ``seed``: no-ops (which let the run show an effect)
+    alternate with interventions. On a menu, a random entry other than the no-op; on a box,
+    every other intervention at a random magnitude, the two halves taking turns, so any
+    two consecutive intervention actions apply everything on offer."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            out.append(noop(env))
+        elif isinstance(env.action_spec, DiscreteMenu):
+            out.append(int(rng.integers(1, env.action_space.n)))
+        else:
+            width = env.action_space.shape[0]
+            on = (np.arange(width) + i // 2) % 2 == 0
+            out.append(np.where(on, rng.uniform(0.05, 1.0, width), -1.0).astype(np.float32))
+    return out
+
+
+def applied(trajectory: list[tuple]) -> set[str]:
+    """The names of the interventions a trajectory applied."""
+    return {name for *_, info in trajectory for name, _ in info.get("applied", [])}
 
 
 def run(env: TrainEnv, steps: list[Any], seed: int | None = None) -> list[tuple]:
@@ -150,6 +167,8 @@ def test_same_seed_and_actions_replay_bit_for_bit(
     assert_identical(run(case(mode), steps, seed=3), first)  # a new one
     other = run(env, steps, seed=4)
     assert first[-1][4]["telemetry"] != other[-1][4]["telemetry"]  # the seed matters
+    if mode == "continuous":  # the replay went through every intervention on offer
+        assert applied(first) == {i.name for i in env.interventions}
 
 
 def test_a_fork_continues_exactly_like_its_parent(
@@ -161,6 +180,8 @@ def test_a_fork_continues_exactly_like_its_parent(
     steps = actions(env, 5, seed=2)
     continuation = run(env, steps)  # the parent first: stepping it must not move the fork
     assert_identical(run(fork, steps), continuation)
+    if mode == "continuous":  # the fork carried every intervention's state
+        assert applied(continuation) == {i.name for i in env.interventions}
 
 
 def test_two_runs_stepped_alternately_match_each_alone(
@@ -240,10 +261,19 @@ def marks(name: str) -> list[pytest.MarkDecorator]:
     return [pytest.mark.slow] if name in REPEATS else []
 
 
+def offered(name: str) -> list[str]:
+    """The names of the interventions a case offers. A case that cannot be built yields one
+    placeholder, so its test reports the error instead of the whole module failing to load."""
+    try:
+        return [i.name for i in shared_env(name).interventions]
+    except Exception:  # noqa: BLE001  (re-raised by the test that builds the case)
+        return ["<cannot-build>"]
+
+
 OFFERED = [
-    pytest.param(name, i.name, id=f"{name}-{i.name}", marks=marks(name))
+    pytest.param(name, intervention, id=f"{name}-{intervention}", marks=marks(name))
     for name in CASES
-    for i in shared_env(name).interventions
+    for intervention in offered(name)
 ]
 
 
