@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class Trainer(abc.ABC):
         self.updates = 0
         self._rng: RunRng | None = None
         self._perturbation_rngs: dict[str, np.random.Generator] = {}
+        self._out_of_range_said = False  # evaluate() left performance_range in this run
 
     @abc.abstractmethod
     def _declare(self) -> TrainerSpec:
@@ -179,6 +181,8 @@ class Trainer(abc.ABC):
         self._rng = RunRng(self.seed, self.rng_streams)
         with torch_threads(self._num_threads), self._rng.active():
             self._reset(self.seed)
+        self._out_of_range_said = False
+        self._check_performance()
 
     def advance(self, k: int) -> Telemetry:
         """Run ``k`` updates and return their telemetry (stops early if the run diverges)."""
@@ -186,11 +190,33 @@ class Trainer(abc.ABC):
         with self._active():
             telemetry = self._advance(int(k))
         self.updates += len(telemetry.values)
+        self._check_performance()
         return telemetry
 
     @abc.abstractmethod
     def evaluate(self) -> float:
         """The run's performance as of its latest evaluation (cheap: no extra training)."""
+
+    def _check_performance(self) -> None:
+        """Warn, once per run, when ``evaluate()`` leaves ``performance_range`` by more than
+        :data:`RANGE_TOLERANCE` of its width: normalised performance, and the rewards an env
+        computes from it, would leave ``[0, 1]`` without a word (a placeholder ``-1e9`` gave a
+        step reward of ``99999999.6``). Non-finite values are divergence, not range errors."""
+        if self._out_of_range_said:
+            return
+        value = self.evaluate()
+        floor, ceiling = self.performance_range
+        slack = RANGE_TOLERANCE * (ceiling - floor)
+        if math.isfinite(value) and not floor - slack <= value <= ceiling + slack:
+            self._out_of_range_said = True
+            warnings.warn(
+                f"{type(self).__name__}.evaluate() returned {value:g} after {self.updates} "
+                f"updates, outside its performance_range ({floor:g}, {ceiling:g}): normalised "
+                f"performance (and an env's reward) leaves [0, 1]. Return values within the "
+                f"range, or declare the range evaluate() spans; said once per run.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def snapshot(self) -> Snapshot:
         """A copy of the run's whole state: the base's (knobs, update count, the run's RNG
@@ -322,6 +348,12 @@ class Trainer(abc.ABC):
         if self._rng is None:
             raise RuntimeError(f"{type(self).__name__}: call reset(seed) before using the run")
         return self._rng
+
+
+RANGE_TOLERANCE = 0.05
+"""How far, as a fraction of its width, ``evaluate()`` may stray outside ``performance_range``
+unremarked: a classifier's accuracy dips a little below chance, an RL return below a measured
+random policy's mean."""
 
 
 def check_positive_int(name: str, value: int) -> None:
