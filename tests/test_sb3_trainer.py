@@ -10,18 +10,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.logger import Logger
 
 import trainenv  # noqa: F401  (registers the environments)
 from trainenv.core import interventions as registry
-from trainenv.core.interventions import Intervention
 from trainenv.env import TrainEnv
 from trainenv.trainers.sb3 import SB3Trainer
-
-from .helpers import assert_changes_the_run, assert_same, rollout
 
 TINY_NET = {"net_arch": [16, 16]}
 TINY: dict[str, dict[str, Any]] = {
@@ -153,13 +148,6 @@ def test_the_ppo_trainer_supports_all_four_dimensions_and_its_stabilizers() -> N
     assert "label_noise" not in names
 
 
-@pytest.mark.parametrize("intervention", SUPPORTED, ids=lambda i: i.name)
-def test_each_intervention_changes_the_run_and_info_reports_it(intervention: Intervention) -> None:
-    env = TrainEnv(tiny(seed=None), observation="telemetry", action_mode="continuous")
-    env.reset(seed=1)
-    assert_changes_the_run(env, intervention, warmup=1)
-
-
 @pytest.mark.parametrize("knob", ["reward_noise", "reward_scale", "reward_flip"])
 def test_reward_perturbations_reach_the_learner_but_not_the_true_return(knob: str) -> None:
     trainer = tiny()
@@ -220,28 +208,6 @@ def test_a_large_lr_shock_collapses_cartpole_ppo_without_an_exception() -> None:
             break
     assert terminated and info["collapse"] in ("performance", "non-finite")
     assert reward == -env.reward_spec.collapse_penalty and np.isfinite(obs).all()
-
-
-# -- the registered environment ---------------------------------------------------------------
-# The checkers reset and step dozens of times: a smaller inner recipe keeps them quick, and the
-# environment's interface (spaces, channels, encoder) is the same.
-SMALL_RECIPE = {"n_envs": 1, "algo_kwargs": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}}
-
-
-@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
-def test_gymnasium_and_sb3_checkers_pass_on_cartpole_ppo(action_mode: str) -> None:
-    env = cartpole(action_mode=action_mode, max_steps=2, trainer_kwargs=SMALL_RECIPE)
-    gym_check_env(env, skip_render_check=True)
-    sb3_check_env(env, warn=True)
-
-
-def test_cartpole_ppo_same_seed_same_trajectory_and_forks_continue_it() -> None:
-    actions = [0, 3, 0, 0]
-    assert_same(rollout(cartpole(), actions, seed=4), rollout(cartpole(), actions, seed=4))
-    env = cartpole(max_steps=6)
-    rollout(env, [0, 0], seed=5)
-    fork = env.fork()
-    assert_same(rollout(env, actions), rollout(fork, actions))
 
 
 @pytest.mark.parametrize(
@@ -320,8 +286,12 @@ def test_batch_shrink_keeps_the_optimizer_steps_and_shrinks_each_minibatch(
     steps, sizes = [], []
     policy.optimizer.register_step_post_hook(lambda *_: steps.append(1))
     evaluate = policy.evaluate_actions
-    monkeypatch.setattr(policy, "evaluate_actions",
-                        lambda obs, actions: sizes.append(len(obs)) or evaluate(obs, actions))  # fmt: skip
+
+    def spy(obs: torch.Tensor, actions: torch.Tensor) -> Any:
+        sizes.append(len(obs))
+        return evaluate(obs, actions)
+
+    monkeypatch.setattr(policy, "evaluate_actions", spy)
     trainer.set_knob("batch_shrink", shrink)
     trainer.advance(1)
     assert len(steps) == 4 and sizes == [round(16 / shrink)] * 4

@@ -39,10 +39,12 @@ from trainenv.trainers.sb3_learner import (
     ScaledSchedule,
     UpdateLogger,
     clear_cached_tensors,
+    limit_minibatches,
     nonfinite_forward,
     optimizers,
     trained_weights,
 )
+from trainenv.trainers.sb3_returns import performance_range_of
 from trainenv.trainers.sb3_settings import (
     ALGORITHMS,
     COMMON_CHANNELS,
@@ -59,7 +61,6 @@ from trainenv.trainers.sb3_settings import (
     observation_space_of,
     resolve_algorithm,
 )
-from trainenv.trainers.sb3_returns import performance_range_of
 from trainenv.trainers.torch import (
     TORCH_EVENTS,
     all_finite,
@@ -85,7 +86,8 @@ class SB3Trainer(Trainer):
     Knobs, declared per algorithm: ``lr_scale``, ``lr_backoff`` (multiply the recipe's
     schedule), ``grad_clip`` (the trainer clips every optimizer step; default: the algorithm's
     ``max_grad_norm``, inf if it has none), ``batch_shrink`` (algorithms with a
-    ``batch_size``), ``input_noise`` and ``input_shift`` (float ``Box`` observations: Gaussian
+    ``batch_size``; on-policy ones keep their number of optimizer steps, each on a smaller
+    minibatch), ``input_noise`` and ``input_shift`` (float ``Box`` observations: Gaussian
     noise of std ``input_noise * obs_scale``, and an offset ``input_shift * obs_scale`` along a
     ±1 direction fixed per run, on the observations the learner sees), ``reward_noise``,
     ``reward_scale``, ``reward_flip`` (the rewards the learner sees are
@@ -287,8 +289,14 @@ class SB3Trainer(Trainer):
         monitor.max_norm = knobs["grad_clip"]
         monitor.install(optimizers(model))
         if "batch_shrink" in knobs:
-            batch_size = max(1, round(self._batch_size / knobs["batch_shrink"]))  # type: ignore[operator]
+            assert self._batch_size is not None  # the knob is declared only with a batch size
+            batch_size = max(1, round(self._batch_size / knobs["batch_shrink"]))
             model.batch_size = batch_size  # type: ignore[attr-defined]
+            if isinstance(model, OnPolicyAlgorithm):
+                # Each epoch takes as many (smaller) minibatches as the recipe's batch size
+                # gives: the perturbation changes the signal, not the number of steps.
+                cap = None if batch_size == self._batch_size else self._minibatches(model)
+                limit_minibatches(model.rollout_buffer, cap)
         if "ent_coef" in knobs:
             model.ent_coef = knobs["ent_coef"]  # type: ignore[attr-defined]
         view = model.env
@@ -329,6 +337,11 @@ class SB3Trainer(Trainer):
     def _make_vec_env(self) -> VecEnv:
         # Monitor sits under the learner's view: it records true episode returns.
         return DummyVecEnv([lambda: Monitor(gym.make(self.env_id)) for _ in range(self.n_envs)])
+
+    def _minibatches(self, model: OnPolicyAlgorithm) -> int:
+        """Minibatches per epoch at the recipe's batch size."""
+        samples = model.rollout_buffer.buffer_size * model.rollout_buffer.n_envs
+        return math.ceil(samples / self._batch_size)  # type: ignore[operator]
 
     def _setting(self, name: str) -> Any:
         """The algorithm's setting ``name`` (``None`` if it has none)."""

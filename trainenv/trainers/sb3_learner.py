@@ -5,7 +5,9 @@ perturbations); and access to the model's optimizers and trained weights."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
@@ -158,6 +161,22 @@ class LearnerView(VecEnvWrapper):
     def _draw(self, name: str) -> np.random.Generator:
         assert self._rng is not None, "perturbation knobs are attached with their generators"
         return self._rng(name)
+
+
+def limit_minibatches(buffer: RolloutBuffer, n: int | None) -> None:
+    """Make ``buffer.get`` yield at most ``n`` minibatches per call (``None``: all of them).
+
+    While ``batch_shrink`` is in force, an on-policy algorithm's epoch draws only as many
+    minibatches as at the recipe's batch size, each from the same shuffled order as always.
+    """
+    if n is None:
+        vars(buffer).pop("get", None)
+    else:  # an instance attribute: it is deep-copied with the buffer, and the class is SB3's
+        buffer.get = functools.partial(_first_minibatches, buffer, n)  # type: ignore[method-assign]
+
+
+def _first_minibatches(buffer: RolloutBuffer, n: int, batch_size: int | None = None) -> Any:
+    return itertools.islice(type(buffer).get(buffer, batch_size), n)
 
 
 # -- access to the model's trained parts --------------------------------------------------------
