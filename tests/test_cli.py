@@ -227,8 +227,9 @@ def test_an_audit_logs_progress_lines_when_stderr_is_not_a_terminal(
     plan.write_text(tiny_plan().to_yaml())
     out = str(tmp_path / "out")
     assert main(["audit", str(plan), "--out", out, "--backend", "serial", "--no-report"]) == 0
-    lines = capsys.readouterr().err.splitlines()
+    first, *lines = capsys.readouterr().err.splitlines()
     n = tiny_plan().n_runs
+    assert first == f"audit: {n} runs"
     assert len(lines) == len(tiny_plan().seeds)  # a result per seed: its 5 runs at once
     pattern = rf"audit: (\d+)/{n} runs \(\d+%\), \d+:\d\d elapsed(, about \d+:\d\d left)?"
     matches = [re.fullmatch(pattern, line) for line in lines]  # plain lines, no bar
@@ -249,6 +250,7 @@ def test_progress_lines_are_spaced_and_estimate_from_this_sessions_rate(
         lines.update(1)  # 30 s: 2 runs in 30 s, 4 left -> about 60 s
         lines.update(4)  # the last run always prints
     assert capsys.readouterr().err.splitlines() == [
+        "audit: 10 runs, 4 done before",
         "audit: 6/10 runs (60%), 0:30 elapsed, about 1:00 left",
         "audit: 10/10 runs (100%), 1:35 elapsed",
     ]

@@ -29,7 +29,8 @@ class Progress(Protocol):
 
 
 class ProgressLines:
-    """Plain progress lines: ``audit: 40/65 runs (62%), 1:20 elapsed, about 0:50 left``.
+    """Plain progress lines: ``audit: 40/65 runs (62%), 1:20 elapsed, about 0:50 left``,
+    after one saying how many runs the job has (and how many were done before it started).
 
     The estimate extrapolates this session's rate (runs stored before a resume do not count).
 
@@ -75,6 +76,10 @@ class ProgressLines:
         return text
 
     def __enter__(self) -> ProgressLines:
+        # A first line at once: a job's first result can take minutes (an audit's runs of one
+        # seed come back together).
+        before = f", {self.done} done before" if self.done else ""
+        print(f"{self.desc}: {self.total} runs{before}", file=self.file or sys.stderr, flush=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
