@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         help="parallel worker processes (default: the plan's, else the CPU count)",
     )
     audit.add_argument("--address", help="Ray cluster address (with --backend ray)")
-    audit.add_argument("--no-report", action="store_true", help="skip report.md and figures")
+    audit.add_argument(
+        "--no-report", action="store_true", help="skip the report (report.md, report.html, figures)"
+    )
     audit.add_argument(
         "--flush-seconds",
         type=float,
@@ -94,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="write report.md and figures for a results directory (audit or controller evaluation)",
+        help="write report.md, figures and report.html for a results directory (audit or "
+        "controller evaluation)",
     )
     report.add_argument(
         "dir",
@@ -185,7 +188,7 @@ def _audit(args: argparse.Namespace) -> int:
                 summary = summarize(store.runs())
             else:
                 report, summary = write_report(args.out)
-                print(f"report: {report}")
+                _print_report(report)
         except _Interrupted as stop:  # every finished run is written by now
             print(f"trainenv audit: {INTERRUPTED}", file=sys.stderr)
             return 128 + stop.signum
@@ -240,7 +243,7 @@ def _report(args: argparse.Namespace) -> int:
     else:
         report, summary = write_report(args.dir)
         text = format_summary(summary)
-    print(f"report: {report}")
+    _print_report(report)
     print(text)
     return 0
 
@@ -314,8 +317,13 @@ def _findings(args: argparse.Namespace) -> int:
     report, findings = run_findings(args.out, quick=args.quick, workers=workers)
     for claim, (_, verdict) in findings.verdicts().items():
         print(f"claim {claim}: {verdict}")
-    print(f"report: {report}")
+    _print_report(report)
     return 0
+
+
+def _print_report(report: Path) -> None:
+    """Where a report is: its Markdown and, beside it, the same as one page for a browser."""
+    print(f"report: {report} (one page with the figures: {report.with_suffix('.html')})")
 
 
 def _output_folder(out: Path) -> None:
