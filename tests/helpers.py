@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 
-from trainenv.core.interventions import Intervention
 from trainenv.env import TrainEnv
 
 OUTCOME_COLUMNS = [
@@ -45,30 +43,3 @@ def assert_same(a: list[tuple], b: list[tuple]) -> None:
     for x, y in zip(a, b):
         for u, v in zip(x, y):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def strongest(intervention: Intervention) -> float:
-    """Stabilizers that bite hardest at their low end; everything else at the high end."""
-    low_end = ("grad_clip", "lr_backoff", "logit_softcap")
-    return intervention.low if intervention.name in low_end else intervention.high
-
-
-def assert_changes_the_run(env: TrainEnv, intervention: Intervention, warmup: int = 3) -> None:
-    """The contract every intervention meets on every trainer: after ``warmup`` plain steps of
-    the reset ``env`` (continuous actions, telemetry observations), applying ``intervention``
-    at its :func:`strongest` magnitude is reported in ``info`` (applied, and its knob set while
-    the knob on the trainer matches) and changes the telemetry against a fork stepped without
-    it, whose knob stays at its default."""
-    for _ in range(warmup):
-        env.step(env.action_spec.encode({}))
-    twin = env.fork()
-    magnitude = strongest(intervention)
-    info = env.step(env.action_spec.encode({intervention.name: magnitude}))[4]
-    twin_info = twin.step(env.action_spec.encode({}))[4]
-    assert info["applied"] == [(intervention.name, pytest.approx(magnitude, rel=1e-4))]
-    if intervention.knob:
-        assert info["knobs"][intervention.knob] == pytest.approx(magnitude, rel=1e-4)
-        assert env.trainer.knobs[intervention.knob] == info["knobs"][intervention.knob]
-        default = env.trainer.knob_spec(intervention.knob).default
-        assert twin_info["knobs"][intervention.knob] == default
-    assert info["telemetry"] != twin_info["telemetry"]
