@@ -20,6 +20,9 @@ __version__ = "0.1.0"
 
 _LAZY = {  # public name -> "module" (same name there) or "module:name"
     "TrainEnv": "trainenv.env",
+    "PopulationVectorEnv": "trainenv.vector",
+    "SB3VecEnv": "trainenv.vector",
+    "unbatch_infos": "trainenv.vector",
     "calibrate": "trainenv.calibration",
     "CollapseRule": "trainenv.core.collapse",
     "RewardSpec": "trainenv.core.reward",

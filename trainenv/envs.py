@@ -6,11 +6,15 @@ Registration records specs only; a trainer is built when ``gymnasium.make`` call
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainenv.core.collapse import CollapseRule
 from trainenv.env import TrainEnv
 from trainenv.trainers.base import Trainer
+
+if TYPE_CHECKING:
+    from trainenv.trainers.population import PopulationTrainer
+    from trainenv.vector import PopulationVectorEnv
 
 ENCODER_DIR = Path(__file__).parent / "data" / "encoders"
 
@@ -21,9 +25,10 @@ def encoder_path(env_id: str) -> Path:
     return ENCODER_DIR / f"{env_id.split('/')[-1]}.npz"
 
 
-def _make(
-    env_id: str, trainer: Trainer, defaults: dict[str, Any], env_kwargs: dict[str, Any]
-) -> TrainEnv:
+def _env_kwargs(
+    env_id: str, defaults: dict[str, Any], env_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The env keywords of ``env_id``: its defaults, the caller's, and its shipped encoder."""
     kwargs = {**defaults, **env_kwargs}
     if kwargs.get("observation", "metastate") == "metastate" and kwargs.get("encoder") is None:
         path = encoder_path(env_id)
@@ -33,7 +38,29 @@ def _make(
                 "or pass observation='telemetry'"
             )
         kwargs["encoder"] = path
-    return TrainEnv(trainer, **kwargs)
+    return kwargs
+
+
+def _make(
+    env_id: str, trainer: Trainer, defaults: dict[str, Any], env_kwargs: dict[str, Any]
+) -> TrainEnv:
+    return TrainEnv(trainer, **_env_kwargs(env_id, defaults, env_kwargs))
+
+
+def _make_vec(
+    env_id: str,
+    population: PopulationTrainer,
+    defaults: dict[str, Any],
+    env_kwargs: dict[str, Any],
+) -> PopulationVectorEnv:
+    from trainenv.vector import PopulationVectorEnv
+
+    return PopulationVectorEnv(population, **_env_kwargs(env_id, defaults, env_kwargs))
+
+
+_DIGITS_DEFAULTS: dict[str, Any] = {
+    "k": 10, "max_steps": 50, "collapse": CollapseRule(drop=0.5, patience=3),
+}  # fmt: skip
 
 
 def make_digits_mlp(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: Any) -> TrainEnv:
@@ -41,8 +68,18 @@ def make_digits_mlp(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: 
     from trainenv.trainers.supervised import SupervisedTrainer
 
     trainer = SupervisedTrainer(**(trainer_kwargs or {}))
-    defaults = {"k": 10, "max_steps": 50, "collapse": CollapseRule(drop=0.5, patience=3)}
-    return _make("trainenv/Digits-MLP-v0", trainer, defaults, env_kwargs)
+    return _make("trainenv/Digits-MLP-v0", trainer, _DIGITS_DEFAULTS, env_kwargs)
+
+
+def make_digits_mlp_vec(
+    num_envs: int, trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: Any
+) -> PopulationVectorEnv:
+    """``trainenv/Digits-MLP-v0`` as a vector env of ``num_envs`` members
+    (:class:`~trainenv.trainers.population.DigitsMLPPopulation`, same recipe and defaults)."""
+    from trainenv.trainers.population import DigitsMLPPopulation
+
+    population = DigitsMLPPopulation(num_envs, **(trainer_kwargs or {}))
+    return _make_vec("trainenv/Digits-MLP-v0", population, _DIGITS_DEFAULTS, env_kwargs)
 
 
 def make_tiny_lm(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: Any) -> TrainEnv:
@@ -81,6 +118,13 @@ with one env instead, runs fell back to a fifth of their best in 2 of 6 seeds.""
 CARTPOLE_PPO_N_ENVS = 8
 
 
+# Unperturbed PPO runs fall to 26-50 % of their best return for up to 9 updates (measured on 9
+# seeds, 100 updates each), so a collapse is a stay below 20 % for 10 updates.
+_CARTPOLE_DEFAULTS: dict[str, Any] = {
+    "k": 1, "max_steps": 100, "collapse": CollapseRule(drop=0.8, patience=10),
+}  # fmt: skip
+
+
 def make_cartpole_ppo(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: Any) -> TrainEnv:
     """``trainenv/CartPole-PPO-v0``: PPO on CartPole-v1; a step is one update (256 env steps).
 
@@ -92,8 +136,16 @@ def make_cartpole_ppo(trainer_kwargs: dict[str, Any] | None = None, **env_kwargs
     kwargs = {"n_envs": CARTPOLE_PPO_N_ENVS, **(trainer_kwargs or {})}
     kwargs["algo_kwargs"] = {**CARTPOLE_PPO_RECIPE, **kwargs.get("algo_kwargs", {})}
     trainer = SB3Trainer("PPO", "CartPole-v1", **kwargs)
-    # Unperturbed PPO runs fall to 26-50 % of their best return for up to 9 updates (measured
-    # on 9 seeds, 100 updates each), so a collapse is a stay below 20 % for 10 updates.
-    collapse = CollapseRule(drop=0.8, patience=10)
-    defaults = {"k": 1, "max_steps": 100, "collapse": collapse}
-    return _make("trainenv/CartPole-PPO-v0", trainer, defaults, env_kwargs)
+    return _make("trainenv/CartPole-PPO-v0", trainer, _CARTPOLE_DEFAULTS, env_kwargs)
+
+
+def make_cartpole_ppo_vec(
+    num_envs: int, trainer_kwargs: dict[str, Any] | None = None, **env_kwargs: Any
+) -> PopulationVectorEnv:
+    """``trainenv/CartPole-PPO-v0`` as a vector env of ``num_envs`` members
+    (:class:`~trainenv.trainers.population.CartPolePPOPopulation`: the same recipe, batched;
+    ``trainer_kwargs``: its ``algo_kwargs``, ``n_envs``, ``perf_episodes``)."""
+    from trainenv.trainers.population import CartPolePPOPopulation
+
+    population = CartPolePPOPopulation(num_envs, **(trainer_kwargs or {}))
+    return _make_vec("trainenv/CartPole-PPO-v0", population, _CARTPOLE_DEFAULTS, env_kwargs)

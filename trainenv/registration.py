@@ -26,11 +26,15 @@ class RegisteredEnv:
         trainer: Class name of the recipe's trainer.
         targets: The knobs and events that trainer declares (``Trainer.targets``): the
             interventions acting through them are the ones the environment supports.
+        vector_entry_point: The factory of its population form, which
+            ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``
+            calls (``None``: no population form; ``"sync"``/``"async"`` still work).
     """
 
     entry_point: str
     trainer: str
     targets: tuple[str, ...]
+    vector_entry_point: str | None = None
 
     def interventions(self) -> tuple[Intervention, ...]:
         """The registered interventions the environment offers, in registry order (those
@@ -49,11 +53,13 @@ REGISTERED = {
         "SB3Trainer",
         (*_COMMON, *_INPUTS, "reward_noise", "reward_scale", "reward_flip", "ent_coef",
          *_EVENTS, "layer_reset"),
+        "trainenv.envs:make_cartpole_ppo_vec",
     ),
     "trainenv/Digits-MLP-v0": RegisteredEnv(
         "trainenv.envs:make_digits_mlp",
         "SupervisedTrainer",
         (*_COMMON, *_INPUTS, "label_noise", "grad_noise", *_EVENTS, "layer_reset"),
+        "trainenv.envs:make_digits_mlp_vec",
     ),
     "trainenv/TinyLM-v0": RegisteredEnv(
         "trainenv.envs:make_tiny_lm",
@@ -68,6 +74,8 @@ ENTRY_POINTS = {env_id: spec.entry_point for env_id, spec in REGISTERED.items()}
 
 def register_all() -> None:
     """Register every environment with Gymnasium (idempotent)."""
-    for env_id, entry_point in ENTRY_POINTS.items():
+    for env_id, spec in REGISTERED.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=entry_point)
+            gym.register(
+                env_id, entry_point=spec.entry_point, vector_entry_point=spec.vector_entry_point
+            )
