@@ -15,6 +15,7 @@ from stable_baselines3.common.logger import Logger
 
 import trainenv  # noqa: F401  (registers the environments)
 from trainenv.core import interventions as registry
+from trainenv.core.rng import derive_seed
 from trainenv.env import TrainEnv
 from trainenv.trainers.sb3 import SB3Trainer
 
@@ -63,7 +64,8 @@ def test_unperturbed_run_matches_plain_sb3_bit_for_bit() -> None:
     """The trainer's own clipping hook, logger, lr wrapper and env view change nothing."""
     trainer = tiny(seed=5)
     trainer.advance(3)
-    plain = PPO("MlpPolicy", "CartPole-v1", seed=5, device="cpu", **TINY["PPO"]["algo_kwargs"])
+    seed = derive_seed(5, "stable_baselines3")  # what the trainer hands SB3 for run seed 5
+    plain = PPO("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", **TINY["PPO"]["algo_kwargs"])
     plain.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-* folder in /tmp
     plain.learn(3 * trainer.steps_per_update)
     for ours, theirs in zip(trainer.model.policy.parameters(), plain.policy.parameters()):

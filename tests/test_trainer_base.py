@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from trainenv.core.knobs import GRAD_CLIP, LR_SCALE
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 from trainenv.trainers.base import Snapshot, Trainer, TrainerSpec
 from trainenv.trainers.supervised import SupervisedTrainer
-from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
+from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer, clone_tree
 
 LOSS = ChannelSpec("loss", "a number")
 
@@ -268,3 +269,48 @@ def test_a_trainer_runs_on_its_own_thread_count_and_restores_the_callers() -> No
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
             trainer.num_threads = bad  # type: ignore[assignment]
+
+
+HUGE_SEEDS = [2**32, 2**64, 2**100]
+
+
+def _lm() -> Trainer:
+    from trainenv.trainers.lm import CausalLMTrainer
+
+    return CausalLMTrainer(batch_size=2, seq_len=8, eval_every=2, eval_batches=1, warmup=2)
+
+
+def _ppo() -> Trainer:
+    from trainenv.trainers.sb3 import SB3Trainer
+
+    kwargs = {"n_steps": 16, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": [8]}}
+    return SB3Trainer("PPO", n_envs=2, algo_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("make", [SupervisedTrainer, _lm, _ppo], ids=["mlp", "lm", "ppo"])
+def test_any_non_negative_seed_works_and_seeds_stay_distinct(make: Any) -> None:
+    trainer = make()
+    runs = {}
+    for seed in (0, *HUGE_SEEDS):
+        trainer.reset(seed)
+        runs[seed] = trainer.advance(2).values
+        assert np.isfinite(runs[seed]).all() and trainer.seed == seed
+    trainer.reset(2**100)
+    np.testing.assert_array_equal(trainer.advance(2).values, runs[2**100])
+    distinct = {values.tobytes() for values in runs.values()}
+    assert len(distinct) == len(runs)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True, None, np.float64(2.0)])
+def test_a_reset_with_a_bad_seed_raises_and_leaves_the_run_as_it_was(bad: Any) -> None:
+    trainer = SupervisedTrainer()
+    trainer.reset(3)
+    trainer.advance(4)
+    trainer.set_knob("lr_scale", 2.0)
+    before = (trainer.seed, trainer.updates, trainer.knobs, clone_tree(trainer.model.state_dict()))
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        trainer.reset(bad)
+    assert (trainer.seed, trainer.updates, trainer.knobs) == before[:3]
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, before[3][name])
+    trainer.advance(1)  # still a working run

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# stream name -> (read the global state, write it, seed it)
+# stream name -> (read the global state, write it, seed it from a 32-bit seed)
 _STREAMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None], Callable[[int], Any]]] = {
     "torch": (torch.get_rng_state, torch.set_rng_state, torch.manual_seed),
-    "numpy": (np.random.get_state, np.random.set_state, lambda s: np.random.seed(s % 2**32)),  # noqa: NPY002
+    "numpy": (np.random.get_state, np.random.set_state, np.random.seed),  # noqa: NPY002
     "python": (random.getstate, random.setstate, random.seed),
 }
 ALL_STREAMS = tuple(_STREAMS)
@@ -39,7 +39,7 @@ class RunRng:
         self.streams = tuple(streams)
         outer = self._capture()
         for name in self.streams:
-            _STREAMS[name][2](seed)
+            _STREAMS[name][2](derive_seed(seed, name))
         self._state = self._capture()
         self._install(outer)
 
@@ -62,14 +62,40 @@ class RunRng:
             _STREAMS[name][1](state)
 
 
+def check_seed(field: str, seed: int) -> int:
+    """``seed`` as an int if it is a non-negative integer (any size, as Gymnasium accepts),
+    else ``ValueError`` naming ``field``."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A 32-bit seed for the consumer ``name`` (a global stream, a library's own seeding),
+    derived from the run's ``seed`` with numpy's ``SeedSequence``.
+
+    Any non-negative ``seed`` works (``2**100`` too), and every consumer gets an independent,
+    well-mixed value in ``[0, 2**31)``: below every library's limit (``np.random.seed``
+    takes ``< 2**32``, and stable-baselines3 seeds inner environment ``i`` with ``seed + i``).
+    """
+    sequence = np.random.SeedSequence(seed, spawn_key=(_DERIVED, zlib.crc32(name.encode())))
+    return int(sequence.generate_state(1, np.uint32)[0] >> 1)
+
+
 def perturbation_generator(seed: int, name: str) -> np.random.Generator:
     """A generator for one intervention's noise, independent of the run's training randomness.
 
-    Seeded from the run's seed and the intervention's name (with a stable hash, not Python's
-    salted ``hash``), so a perturbed branch and its unperturbed fork share every training draw:
-    the difference between them is the perturbation alone (common random numbers).
+    Seeded through ``SeedSequence`` from the run's seed and the intervention's name (with a
+    stable hash, not Python's salted ``hash``), so a perturbed branch and its unperturbed fork
+    share every training draw: the difference between them is the perturbation alone (common
+    random numbers).
     """
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+    key = (_PERTURBATION, zlib.crc32(name.encode()))
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+# Spawn-key prefixes that keep derived seeds and perturbation streams apart.
+_DERIVED, _PERTURBATION = 0, 1
 
 
 def torch_generator(rng: np.random.Generator) -> torch.Generator:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import ALL_STREAMS, RunRng, perturbation_generator
+from trainenv.core.rng import ALL_STREAMS, RunRng, check_seed, perturbation_generator
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 
 
@@ -173,14 +173,19 @@ class Trainer(abc.ABC):
 
     # -- the protocol -------------------------------------------------------------------------
     def reset(self, seed: int) -> None:
-        """Start a fresh run from ``seed``: new weights, optimizer, data order, RNGs, knobs."""
-        self.seed = int(seed)
-        self.updates = 0
+        """Start a fresh run from ``seed``: new weights, optimizer, data order, RNGs, knobs.
+
+        ``seed`` is any non-negative integer; the run's generator seeds derive from it through
+        ``SeedSequence`` (:func:`~trainenv.core.rng.derive_seed`). A bad seed raises
+        ``ValueError`` before anything changes.
+        """
+        seed = check_seed("seed", seed)
+        rng = RunRng(seed, self.rng_streams)
+        self.seed, self.updates, self._rng = seed, 0, rng
         self._knobs = {s.name: s.default for s in self.knob_specs}
         self._perturbation_rngs = {}
-        self._rng = RunRng(self.seed, self.rng_streams)
-        with torch_threads(self._num_threads), self._rng.active():
-            self._reset(self.seed)
+        with torch_threads(self._num_threads), rng.active():
+            self._reset(seed)
         self._out_of_range_said = False
         self._check_performance()
 

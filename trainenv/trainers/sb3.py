@@ -31,7 +31,7 @@ from torch.nn.utils import parameters_to_vector
 
 from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import perturbation_generator, torch_generator
+from trainenv.core.rng import derive_seed, perturbation_generator, torch_generator
 from trainenv.trainers.base import Trainer, TrainerSpec
 from trainenv.trainers.sb3_learner import (
     GradMonitor,
@@ -183,14 +183,16 @@ class SB3Trainer(Trainer):
                 [-1.0, 1.0], self.obs_scale.shape
             )
         env = LearnerView(self._make_vec_env(), self.obs_scale, direction)
+        # SB3 seeds numpy's global generator (< 2**32) and inner env i with seed + i.
+        sb3_seed = derive_seed(seed, "stable_baselines3")
         if self._template is None:
             # SB3 writes into some of its arguments (policy_kwargs): give it a copy.
             kwargs = copy.deepcopy(self.algo_kwargs)
-            model = self.algo_class(kwargs.pop("policy"), env, seed=seed, **kwargs)
+            model = self.algo_class(kwargs.pop("policy"), env, seed=sb3_seed, **kwargs)
         else:
             model = copy.deepcopy(self._template)
             model.set_env(env)
-            model.set_random_seed(seed)
+            model.set_random_seed(sb3_seed)
         model.set_logger(UpdateLogger())
         model.lr_schedule = ScaledSchedule(model.lr_schedule)
         model.trainenv_monitor = GradMonitor()  # type: ignore[attr-defined]
