@@ -1,7 +1,11 @@
 """Train a learned controller: stable-baselines3 PPO on a trainenv environment under a hidden
 adversary (:mod:`agents.adversary`), on vectorised environments, with TensorBoard logging.
 
-::
+Where the environment has a population form (``gymnasium.make_vec`` with its vector entry
+point: CartPole-PPO, Digits-MLP), the ``n_envs`` runs of a PPO batch are the members of one
+population trained in one batched computation (:mod:`agents.population_adversary`); otherwise
+(or with ``population=False`` / ``--no-population``) one environment per run, in worker
+processes. ::
 
     python -m agents.train_controller trainenv/Digits-MLP-v0 --timesteps 20000 --out runs/ctl
     tensorboard --logdir runs/ctl/tensorboard
@@ -25,12 +29,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 from agents.adversary import (
     TRAIN_SPLIT,
@@ -42,6 +47,8 @@ from agents.adversary import (
 )
 from agents.controller_files import check_plain, load_policy, save_policy
 from agents.encoding import encode
+from agents.population_adversary import AdversarialPopulation, make_adversarial_population
+from trainenv import SB3VecEnv
 
 CONFIG_FILE, TENSORBOARD_DIR = "controller.json", "tensorboard"
 
@@ -91,6 +98,21 @@ class ControllerConfig(BaseModel):
             stabilizers=self.stabilizers, levels=self.levels, split=split, **self.env_kwargs,
         )  # fmt: skip
 
+    def has_population(self) -> bool:
+        """Whether the environment has a population form (a registered vector entry point)."""
+        return gym.spec(self.env_id).vector_entry_point is not None
+
+    def make_population(self, n_envs: int, split: SeedSplit = TRAIN_SPLIT) -> AdversarialPopulation:
+        """The adversarial environment as a population of ``n_envs`` members, drawing its
+        seeds from ``split`` (needs :meth:`has_population` and an explicit distribution:
+        :meth:`resolved`)."""
+        if self.distribution is None:
+            raise ValueError("distribution: resolve the config first (ControllerConfig.resolved)")
+        return make_adversarial_population(
+            self.env_id, n_envs, self.distribution, agent_actions=self.agent_actions,
+            stabilizers=self.stabilizers, levels=self.levels, split=split, **self.env_kwargs,
+        )  # fmt: skip
+
     def resolved(self) -> ControllerConfig:
         """This config with the default distribution spelled out (what gets saved)."""
         if self.distribution is not None:
@@ -132,6 +154,7 @@ def train_controller(
     subprocess: bool = True,
     ppo_kwargs: Mapping[str, Any] | None = None,
     progress: bool = False,
+    population: bool | None = None,
 ) -> PPO:
     """Train a PPO controller on ``config``'s adversarial environment and save it under ``out``.
 
@@ -149,6 +172,9 @@ def train_controller(
         ppo_kwargs: Laid over :data:`PPO_DEFAULTS`; plain JSON data (they are saved in
             ``policy.json``).
         progress: Show SB3's progress bar.
+        population: Train on the ``n_envs`` members of one population (one batched
+            computation; ``subprocess`` is then ignored); ``None``: whenever the environment
+            has a population form.
     """
     for name, value in (("timesteps", timesteps), ("n_envs", n_envs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -158,11 +184,18 @@ def train_controller(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
-    vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
-    venv = make_vec_env(
-        _make_training_env, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls,
-        env_kwargs={"config": config},
-    )  # fmt: skip
+    if population is None:
+        population = config.has_population()
+    venv: VecEnv
+    if population:
+        # Member i draws its runs and schedules as env i of make_vec_env would (seed + i).
+        venv = VecMonitor(SB3VecEnv(config.make_population(n_envs, TRAIN_SPLIT)))
+    else:
+        vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
+        venv = make_vec_env(
+            _make_training_env, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls,
+            env_kwargs={"config": config},
+        )  # fmt: skip
     kwargs = {**PPO_DEFAULTS, **(ppo_kwargs or {})}
     # A minibatch no larger than a rollout (short rollouts in quick runs).
     kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * n_envs)
@@ -243,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, default=3, help="magnitudes per stabilizer")
     parser.add_argument("--n-steps", type=int, help="PPO rollout length per environment")
     parser.add_argument("--dummy", action="store_true", help="all environments in one process")
+    parser.add_argument(
+        "--no-population", action="store_true",
+        help="one environment per run even where the env has a population form",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     distribution = None
@@ -257,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_controller(
         config, args.timesteps, args.out, n_envs=args.n_envs, seed=args.seed,
         subprocess=not args.dummy, ppo_kwargs=ppo_kwargs,
+        population=False if args.no_population else None,
     )  # fmt: skip
     print(f"model: {args.out}\ntensorboard: {args.out / TENSORBOARD_DIR}")
     return 0

@@ -1,0 +1,71 @@
+"""Controllers trained on populations: the adversarial population draws the runs and schedules
+of the single-run adversary wrapper, and the training entry point trains PPO on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import trainenv  # noqa: F401  (registers the environments)
+from agents.adversary import (
+    PerturbationRange,
+    ScheduleDistribution,
+    make_adversarial_env,
+)
+from agents.population_adversary import make_adversarial_population
+from agents.train_controller import ControllerConfig, load_policy, train_controller
+from trainenv import unbatch_infos
+
+ENV = "trainenv/Digits-MLP-v0"
+SMALL = {"k": 2, "max_steps": 4, "observation": "telemetry"}
+SHOCKS = ScheduleDistribution(
+    perturbations=(PerturbationRange(name="lr_shock", low=30.0, high=3000.0),),
+    shocks=(1, 2), onsets=(1, 2), min_gap=1,
+)  # fmt: skip
+
+
+def test_members_draw_the_runs_and_schedules_of_the_single_run_wrapper() -> None:
+    population = make_adversarial_population(ENV, 2, SHOCKS, **SMALL)
+    singles = [make_adversarial_env(ENV, SHOCKS, **SMALL) for _ in range(2)]
+    _, infos = population.reset(seed=3)
+    noop = np.zeros(2, dtype=np.int64)
+    for episode in range(2):  # the first episodes, then the autoreset ones
+        for i, single in enumerate(singles):
+            _, info = single.reset(seed=3 + i if episode == 0 else None)
+            assert infos["run_seed"][i] == info["run_seed"]
+            assert infos["schedule_seed"][i] == info["schedule_seed"]
+            assert population.schedules[i] == single.schedule
+        for step in range(SMALL["max_steps"]):
+            _, _, terminated, truncated, infos = population.step(noop)
+            applied = unbatch_infos(infos, 2)
+            for i, single in enumerate(singles):
+                shocks = single.schedule.at(step)
+                ended = terminated[i] or truncated[i]
+                info = applied[i]["final_info"] if ended else applied[i]
+                assert dict(info["applied"]) == shocks
+        assert (terminated | truncated).all()  # both restarted within the step
+    with pytest.raises(ValueError, match="action"):
+        population.step(np.array([0, population.single_action_space.n]))
+
+
+def test_bad_population_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="autoreset"):
+        make_adversarial_population(ENV, 2, SHOCKS, autoreset_mode="next_step", **SMALL)
+    late = SHOCKS.model_copy(update={"onsets": (1, 4)})
+    with pytest.raises(ValueError, match="onsets"):
+        make_adversarial_population(ENV, 2, late, **SMALL)
+
+
+def test_train_controller_trains_on_a_population(tmp_path) -> None:
+    torch.set_num_threads(1)
+    config = ControllerConfig(env_id=ENV, env_kwargs=SMALL, distribution=SHOCKS)
+    assert config.has_population()
+    model = train_controller(
+        config, 128, tmp_path, n_envs=4, seed=0, ppo_kwargs={"n_steps": 16, "batch_size": 32}
+    )
+    assert model.num_timesteps == 128 and model.n_envs == 4
+    # SB3's episode buffer is filled by VecMonitor: 32 steps per member, 4-step episodes.
+    assert len(model.ep_info_buffer) >= 4 * 32 // 4
+    loaded = load_policy(tmp_path)
+    assert loaded.observation_space == config.make_env().observation_space
