@@ -50,18 +50,6 @@ def test_continuous_actions_are_validated_like_box_contains(bad) -> None:
 
 
 # -- intervene ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["discrete", "continuous"])
-def test_intervene_is_the_step_whose_action_applies_the_same_interventions(mode) -> None:
-    env, twin = digits(action_mode=mode), digits(action_mode=mode)
-    env.reset(seed=3), twin.reset(seed=3)
-    shock = {"lr_shock": registry.get("lr_shock").high}
-    for interventions in ({}, shock, {}):
-        by_name = env.intervene(interventions)
-        by_action = twin.step(twin.action_spec.encode(interventions))
-        assert_same([by_name], [by_action])
-    assert by_name[4]["applied"] == [] and env.trainer.knobs["lr_scale"] == 1e4
-
-
 def test_intervene_combines_interventions_a_discrete_menu_cannot() -> None:
     env = digits()
     env.reset(seed=0)
