@@ -18,6 +18,9 @@ controller against 0.50 for no-op and 0.40 for the best rule (back-off on loss s
 trainings: ``--timesteps 30000`` gave collapse rate 0.17 and final p 0.74; with a discrete menu
 (one stabilizer a step) or meta-state observations, collapse rates of 0.10-0.47 at 15k steps.
 
+Training runs the ``--n-envs`` runs of each PPO batch as members of one population (one batched
+computation; ``--no-population`` for one process per run, as the figures above were measured).
+
 Results: ``OUT/policy.json`` and ``OUT/policy.safetensors`` (the model, in files that load
 without running code), ``OUT/tensorboard/`` (``tensorboard --logdir OUT/tensorboard``),
 ``OUT/evaluation/`` (``report.md``, ``figures/controllers.png``, the results store; ``trainenv
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=30, help="held-out evaluation episodes")
     parser.add_argument("--n-envs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-population", action="store_true", help="one process per run")
     parser.add_argument("--out", type=Path, default=Path("runs/controller-example"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -77,7 +81,10 @@ def main() -> None:
         agent_actions="continuous", stabilizers=("grad_clip", "lr_backoff", "rollback"),
     )  # fmt: skip
     started = time.perf_counter()
-    train_controller(config, args.timesteps, args.out, n_envs=args.n_envs, seed=args.seed)
+    train_controller(
+        config, args.timesteps, args.out, n_envs=args.n_envs, seed=args.seed,
+        population=False if args.no_population else None,
+    )  # fmt: skip
     print(f"trained {args.timesteps} steps in {time.perf_counter() - started:.0f} s: {args.out}")
 
     env = config.make_env(HELDOUT_SPLIT)
