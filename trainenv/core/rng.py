@@ -6,7 +6,9 @@ alternately in one process must behave as if each ran alone, and a fork must rep
 original), a trainer keeps the global states of its run in a :class:`RunRng` and swaps them in
 around every piece of its work. Only the streams a trainer declares are swapped: numpy's legacy
 state costs ~60 us to read or write, more than a small MLP update, so a trainer that never
-draws from numpy's global generator should not pay for it.
+draws from numpy's global generator should not pay for it. A run on a CUDA device also owns the
+``"cuda"`` stream (the generators of every CUDA device: dropout and sampling on the device draw
+from them); no other run declares it, since reading it initialises CUDA.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ _STREAMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None], Callable[[in
     "torch": (torch.get_rng_state, torch.set_rng_state, torch.manual_seed),
     "numpy": (np.random.get_state, np.random.set_state, np.random.seed),  # noqa: NPY002
     "python": (random.getstate, random.setstate, random.seed),
+    "cuda": (
+        torch.cuda.get_rng_state_all,
+        torch.cuda.set_rng_state_all,
+        torch.cuda.manual_seed_all,
+    ),
 }
-ALL_STREAMS = tuple(_STREAMS)
+STREAMS = tuple(_STREAMS)
+"""Every stream a run may own."""
+ALL_STREAMS = ("torch", "numpy", "python")
+"""The host streams: what a trainer owns unless it declares fewer (plus ``"cuda"`` on CUDA)."""
 
 
 class RunRng:
@@ -35,7 +45,7 @@ class RunRng:
     def __init__(self, seed: int, streams: Sequence[str] = ALL_STREAMS) -> None:
         unknown = set(streams) - set(_STREAMS)
         if unknown:
-            raise ValueError(f"unknown RNG streams {sorted(unknown)}; known: {ALL_STREAMS}")
+            raise ValueError(f"unknown RNG streams {sorted(unknown)}; known: {STREAMS}")
         self.streams = tuple(streams)
         outer = self._capture()
         for name in self.streams:

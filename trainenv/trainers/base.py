@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import ALL_STREAMS, RunRng, check_seed, perturbation_generator
+from trainenv.core.rng import (
+    ALL_STREAMS,
+    STREAMS,
+    RunRng,
+    check_seed,
+    perturbation_generator,
+)
 from trainenv.core.telemetry import ChannelSpec, Telemetry
 
 
@@ -31,8 +37,10 @@ class TrainerSpec:
         knobs: The run's live settings (what knob interventions act through).
         events: Names of the one-off events ``apply_event`` accepts.
         rng_streams: The process-global generators the run draws from (``"torch"``,
-            ``"numpy"``, ``"python"``); their states are the run's own and are swapped in
-            around its work. Declare all three unless the trainer is sure (the default).
+            ``"numpy"``, ``"python"``, and ``"cuda"`` for a run on a CUDA device); their states are
+            the run's own and are swapped in around its work. Declare the three host streams
+            unless the trainer is sure (the default); a :class:`TorchTrainer` on CUDA adds
+            ``"cuda"`` itself.
     """
 
     channels: tuple[ChannelSpec, ...]
@@ -53,9 +61,9 @@ class TrainerSpec:
                 f"got {self.performance_range}"
             )
         object.__setattr__(self, "performance_range", (floor, ceiling))
-        unknown = sorted(set(self.rng_streams) - set(ALL_STREAMS))
+        unknown = sorted(set(self.rng_streams) - set(STREAMS))
         if unknown:
-            raise ValueError(f"rng_streams has unknown streams {unknown}; known: {ALL_STREAMS}")
+            raise ValueError(f"rng_streams has unknown streams {unknown}; known: {STREAMS}")
 
 
 def _check_unique(field: str, names: list[str]) -> None:

@@ -35,7 +35,12 @@ from trainenv.trainers.lm_corpus import (
     pydoc_texts,
     stdlib_source,
 )
-from trainenv.trainers.torch import TorchTrainer, rescale_weights
+from trainenv.trainers.torch import (
+    TorchTrainer,
+    check_device,
+    isolated_global_rng,
+    rescale_weights,
+)
 
 try:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
@@ -114,6 +119,8 @@ class CausalLMTrainer(TorchTrainer):
         dropout: Dropout probability of every ``nn.Dropout`` in the model (the ``dropout``
             knob's default).
         model_config: Extra ``GPT2Config`` fields for the default model (e.g. ``n_layer``).
+        device: Where the run trains: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (the model, batches
+            and validation windows live there; see :class:`TorchTrainer`).
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class CausalLMTrainer(TorchTrainer):
         eval_batches: int = 2,
         dropout: float = 0.0,
         model_config: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                             ("total_updates", total_updates), ("eval_every", eval_every),
@@ -159,8 +167,10 @@ class CausalLMTrainer(TorchTrainer):
                             tokenizer, seq_len + 1)  # fmt: skip
         shift = documents(shift_text, "shift_text") if shift_text is not None else stdlib_source()
         self._shift = Corpus(shift, tokenizer, seq_len + 1)
-        self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches))
-        super().__init__()
+        self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches)).to(
+            check_device(device)
+        )
+        super().__init__(device=device)
 
     def _declare(self) -> TrainerSpec:
         vocab = (self._config or self._template.config).vocab_size  # type: ignore[union-attr]
@@ -251,6 +261,7 @@ class CausalLMTrainer(TorchTrainer):
         for module in self._dropouts:
             module.p = knobs["dropout"]
         x, y = self._next_batch(max(1, round(self.batch_size / knobs["batch_shrink"])))
+        x, y = x.to(self.device), y.to(self.device)
         lr = self.lr * self.schedule(self._position) * knobs["lr_scale"] * knobs["lr_backoff"]
         logits = self._logits(x)
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -416,7 +427,7 @@ def _reset_block(
     for item in (*fresh.modules(), *fresh.parameters()):
         # transformers skips tensors it marks initialised (e.g. after from_pretrained).
         vars(item).pop("_is_hf_initialized", None)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with isolated_global_rng(), torch.no_grad():
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
         fresh.apply(model._init_weights)
         for param, new in zip(block.parameters(), fresh.parameters(), strict=True):

@@ -31,7 +31,7 @@ from torch.nn.utils import parameters_to_vector
 
 from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
-from trainenv.core.rng import derive_seed, perturbation_generator, torch_generator
+from trainenv.core.rng import ALL_STREAMS, derive_seed, perturbation_generator, torch_generator
 from trainenv.trainers.base import Trainer, TrainerSpec
 from trainenv.trainers.sb3_learner import (
     GradMonitor,
@@ -60,11 +60,13 @@ from trainenv.trainers.sb3_settings import (
     loss_channels_of,
     observation_space_of,
     resolve_algorithm,
+    resolve_device,
 )
 from trainenv.trainers.torch import (
     TORCH_EVENTS,
     all_finite,
     apply_parameter_event,
+    device_streams,
     reset_first_linear,
 )
 
@@ -126,6 +128,9 @@ class SB3Trainer(Trainer):
             ``reward_threshold`` (a ``ValueError`` asks for it where the spec has none).
         obs_scale: Unit of ``input_noise`` and ``input_shift``, per observation dimension or one
             number; default known for ``CartPole-v1``, 1 (raw observation units) otherwise.
+        device: Where the policy trains: ``"cpu"`` (default) or ``"cuda"``/``"cuda:N"`` where
+            CUDA is available; default: ``algo_kwargs["device"]`` or the instance's, if set.
+            On CUDA the run owns the CUDA generators too (action sampling happens there).
         num_threads: Torch threads for the run's work (``None``: the process's setting).
     """
 
@@ -140,11 +145,15 @@ class SB3Trainer(Trainer):
         performance_range: tuple[float, float] | None = None,
         obs_scale: float | Sequence[float] | None = None,
         *,
+        device: str | torch.device | None = None,
         num_threads: int | None = 1,
     ) -> None:
         self.algo_class, self._template = resolve_algorithm(algo)
         self.env_id = env_id
         self.algo_kwargs = check_algo_kwargs(self.algo_class, algo_kwargs, self._template)
+        self.device = resolve_device(device, algo_kwargs, self._template)
+        if self._template is None:
+            self.algo_kwargs["device"] = str(self.device)
         self.n_envs = check_n_envs(n_envs, self._template)
         self.perf_episodes = check_int("perf_episodes", perf_episodes, high=100)
         defaults = ENV_DEFAULTS.get(env_id, {})
@@ -171,6 +180,7 @@ class SB3Trainer(Trainer):
         return TrainerSpec(
             channels=self._loss_channels + COMMON_CHANNELS,
             knobs=self._declare_knobs(),
+            rng_streams=device_streams(ALL_STREAMS, self.device),
             events=TORCH_EVENTS,
             performance_range=self._performance_range,
         )

@@ -12,12 +12,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import stable_baselines3
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.telemetry import ChannelSpec
 from trainenv.trainers.sb3_learner import clear_cached_tensors
+from trainenv.trainers.torch import check_device
 
 REWARD_NOISE = KnobSpec(
     "reward_noise", 0.0, 0.0, 1e6, "std of Gaussian noise on the rewards the learner sees"
@@ -130,6 +132,26 @@ def check_algo_kwargs(
         if p.default is not inspect.Parameter.empty and n not in OWNED_KWARGS
     }
     return {**defaults, "policy": "MlpPolicy", "device": "cpu", **kwargs}
+
+
+def resolve_device(
+    device: str | torch.device | None,
+    algo_kwargs: Mapping[str, Any] | None,
+    template: BaseAlgorithm | None,
+) -> torch.device:
+    """The run's device: ``device``, else the instance's or ``algo_kwargs["device"]``, else
+    the CPU (SB3's ``"auto"``: CUDA where available). ``device`` and the other two must agree.
+    """
+    stated = template.device if template is not None else (algo_kwargs or {}).get("device")
+
+    def parsed(value: str | torch.device) -> torch.device:
+        auto = value == "auto"
+        return check_device(("cuda" if torch.cuda.is_available() else "cpu") if auto else value)
+
+    if device is not None and stated is not None and parsed(device) != parsed(stated):
+        where = "the instance's device" if template is not None else "algo_kwargs['device']"
+        raise ValueError(f"device {device!r} disagrees with {where} {stated!r}")
+    return parsed(device if device is not None else stated if stated is not None else "cpu")
 
 
 def loss_channels_of(cls: type[BaseAlgorithm]) -> tuple[ChannelSpec, ...]:

@@ -17,7 +17,7 @@ from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import perturbation_generator
 from trainenv.core.telemetry import ChannelSpec
 from trainenv.trainers.base import TrainerSpec, check_positive_int
-from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
+from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer, check_device
 
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
@@ -44,6 +44,7 @@ class SupervisedTrainer(TorchTrainer):
             channels hold the latest pass in between.
         val_fraction: Share of the data held out for validation (a fixed split, the same for
             every seed: the seed varies the run, not the task).
+        device: Where the run trains (``"cpu"``, ``"cuda"``...; see :class:`TorchTrainer`).
         num_threads: Torch threads for the run's work (``None``: the process's setting).
     """
 
@@ -55,6 +56,7 @@ class SupervisedTrainer(TorchTrainer):
         eval_every: int = 10,
         val_fraction: float = 0.2,
         *,
+        device: str | torch.device = "cpu",
         num_threads: int | None = 1,
     ) -> None:
         check_positive_int("batch_size", batch_size)
@@ -67,8 +69,8 @@ class SupervisedTrainer(TorchTrainer):
             raise ValueError(f"hidden must be a non-empty sequence of widths >= 1, got {hidden}")
         self.hidden = tuple(int(h) for h in hidden)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
-        self._data = _DigitsData(val_fraction)
-        super().__init__(num_threads=num_threads)
+        self._data = _DigitsData(val_fraction, check_device(device))
+        super().__init__(device=device, num_threads=num_threads)
 
     def _declare(self) -> TrainerSpec:
         return TrainerSpec(
@@ -106,7 +108,7 @@ class SupervisedTrainer(TorchTrainer):
         signs = perturbation_generator(seed, "input_shift_direction").choice(
             [-1.0, 1.0], self._data.dim
         )
-        self._shift_direction = torch.from_numpy(signs).to(torch.float32)
+        self._shift_direction = torch.from_numpy(signs).to(self.device, torch.float32)
         self._validate()
 
     def evaluate(self) -> float:
@@ -157,13 +159,14 @@ class SupervisedTrainer(TorchTrainer):
         knobs = self._knobs
         if knobs["input_noise"] > 0:
             noise = self.perturbation_rng("input_noise").standard_normal(x.shape)
-            x = x + knobs["input_noise"] * torch.from_numpy(noise).to(x.dtype)
+            x = x + knobs["input_noise"] * torch.from_numpy(noise).to(x)
         if knobs["input_shift"] > 0:
             x = x + knobs["input_shift"] * self._shift_direction
         if knobs["label_noise"] > 0:
             rng = self.perturbation_rng("label_noise")
-            flip = torch.from_numpy(rng.random(len(y)) < knobs["label_noise"])
+            flip = torch.from_numpy(rng.random(len(y)) < knobs["label_noise"]).to(y.device)
             random_labels = torch.from_numpy(rng.integers(self._data.n_classes, size=len(y)))
+            random_labels = random_labels.to(y.device)
             y = torch.where(flip, random_labels, y)
         return x, y
 
@@ -177,7 +180,7 @@ class SupervisedTrainer(TorchTrainer):
         for p in self._params:
             if p.grad is not None:
                 rms = p.grad.pow(2).mean().sqrt()
-                noise = torch.from_numpy(rng.standard_normal(p.shape)).to(p.dtype)
+                noise = torch.from_numpy(rng.standard_normal(p.shape)).to(p.grad)
                 p.grad.add_(noise * rel_std * rms)
 
     def _validate(self) -> None:
@@ -188,9 +191,10 @@ class SupervisedTrainer(TorchTrainer):
 
 
 class _DigitsData:
-    """The digits split, standardised per feature with training statistics (shared by forks)."""
+    """The digits split, standardised per feature with training statistics, on ``device``
+    (shared by forks)."""
 
-    def __init__(self, val_fraction: float) -> None:
+    def __init__(self, val_fraction: float, device: torch.device) -> None:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
         from sklearn.preprocessing import StandardScaler
@@ -200,9 +204,9 @@ class _DigitsData:
             x, y, test_size=val_fraction, random_state=0, stratify=y
         )
         scaler = StandardScaler().fit(x_tr)
-        self.x_train = torch.as_tensor(scaler.transform(x_tr), dtype=torch.float32)
-        self.x_val = torch.as_tensor(scaler.transform(x_va), dtype=torch.float32)
-        self.y_train = torch.as_tensor(y_tr, dtype=torch.long)
-        self.y_val = torch.as_tensor(y_va, dtype=torch.long)
+        self.x_train = torch.as_tensor(scaler.transform(x_tr), dtype=torch.float32, device=device)
+        self.x_val = torch.as_tensor(scaler.transform(x_va), dtype=torch.float32, device=device)
+        self.y_train = torch.as_tensor(y_tr, dtype=torch.long, device=device)
+        self.y_val = torch.as_tensor(y_va, dtype=torch.long, device=device)
         self.dim = self.x_train.shape[1]
         self.n_classes = int(y.max()) + 1

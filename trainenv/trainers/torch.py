@@ -9,8 +9,10 @@ below it are the torch operations those events and other trainers (stable-baseli
 from __future__ import annotations
 
 import abc
+import contextlib
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,15 +37,29 @@ class TorchTrainer(Trainer):
     cached validation results) it extends ``_reset``, ``_state`` and ``_load_state``, calling
     ``super()``; for events beyond :data:`TORCH_EVENTS` it extends ``_apply_event``.
 
+    ``_build`` builds on the CPU, from the run's CPU generator (the same initial weights on
+    every device); ``reset`` moves the module to :attr:`device`. Batches the subclass makes
+    must be put on :attr:`device`. On CUDA the run also owns the CUDA generators (its
+    ``rng_streams`` gain ``"cuda"``), so dropout on the device replays and forks exactly.
+
+    Args:
+        device: Where the run trains: ``"cpu"`` (default) or ``"cuda"``/``"cuda:N"`` where
+            CUDA is available (:func:`check_device`).
+        num_threads: Torch threads for the run's work.
+
     Attributes:
         model: The module being trained (``None`` before the first ``reset``).
         optimizer: Its optimizer (``None`` before the first ``reset``).
+        device: The ``torch.device`` the run trains on.
     """
 
-    def __init__(self, *, num_threads: int | None = 1) -> None:
+    def __init__(self, *, device: str | torch.device = "cpu", num_threads: int | None = 1) -> None:
+        self.device = check_device(device)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         super().__init__(num_threads=num_threads)
+        streams = device_streams(self.spec.rng_streams, self.device)
+        self.spec = dataclasses.replace(self.spec, rng_streams=streams)
 
     @abc.abstractmethod
     def _build(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -51,6 +67,8 @@ class TorchTrainer(Trainer):
 
     def _reset(self, seed: int) -> None:
         self.model, self.optimizer = self._build(seed)
+        # The optimizer has no state yet, and .to() keeps the Parameter objects it holds.
+        self.model.to(self.device)
         self._params = list(self.model.parameters())
         self._weights = parameters_to_vector(self._params).detach()
 
@@ -113,6 +131,45 @@ class TorchTrainer(Trainer):
         return self.optimizer
 
 
+# -- devices -----------------------------------------------------------------------------------
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``: ``"cpu"``, or ``"cuda"``/``"cuda:N"`` on a machine
+    with that CUDA device; a ``ValueError`` naming the field otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r}: CUDA is not available here (torch.cuda.is_available() "
+                "is False); use device='cpu'"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    return parsed
+
+
+def device_streams(streams: Sequence[str], device: torch.device) -> tuple[str, ...]:
+    """The RNG streams a run on ``device`` owns: ``streams``, plus ``"cuda"`` on CUDA."""
+    if device.type == "cuda" and "cuda" not in streams:
+        return (*streams, "cuda")
+    return tuple(streams)
+
+
+@contextlib.contextmanager
+def isolated_global_rng() -> Iterator[None]:
+    """Draws from the global torch generators inside the block leave them as they were,
+    CUDA's included where CUDA is in use (``torch.manual_seed`` reseeds those too)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 # -- torch operations shared by the trainers ----------------------------------------------------
 def clone_tree(tree: Any) -> Any:
     """Copy nested dicts/lists/tuples, cloning tensors and numpy arrays (leaves otherwise shared).
@@ -164,7 +221,8 @@ def add_weight_noise(params: Iterable[torch.Tensor], rel_std: float, rng: torch.
     with torch.no_grad():
         for p in params:
             rms = p.pow(2).mean().sqrt()
-            p.add_(torch.randn(p.shape, generator=rng, dtype=p.dtype) * rel_std * rms)
+            noise = torch.randn(p.shape, generator=rng, dtype=p.dtype).to(p.device)
+            p.add_(noise * rel_std * rms)
 
 
 def rescale_weights(params: Iterable[torch.Tensor], factor: float) -> None:
@@ -193,13 +251,13 @@ def reset_first_linear(module: torch.nn.Module, mix: float, rng: torch.Generator
     """
     layer = next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
     fresh = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    with torch.random.fork_rng(devices=[]):
+    with isolated_global_rng():
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
         fresh.reset_parameters()
     with torch.no_grad():
-        layer.weight.lerp_(fresh.weight.to(layer.weight.dtype), mix)
+        layer.weight.lerp_(fresh.weight.to(layer.weight), mix)  # its dtype and device
         if layer.bias is not None:
-            layer.bias.lerp_(fresh.bias.to(layer.bias.dtype), mix)
+            layer.bias.lerp_(fresh.bias.to(layer.bias), mix)
 
 
 def all_finite(params: Iterable[torch.Tensor]) -> bool:
