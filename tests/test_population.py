@@ -13,6 +13,7 @@ from trainenv.trainers.population import (
     DigitsMLPPopulation,
     PopulationTrainer,
 )
+from trainenv.trainers.population.stacked import StackedAdam
 
 FAST_PPO = {"n_steps": 8, "n_epochs": 2}  # a quick variant of the recipe for the tests
 
@@ -47,14 +48,19 @@ def assert_same_params(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 @pytest.mark.parametrize(("make", "k"), RECIPES)
 def test_batch_invariance_alone_and_as_a_member(make, k) -> None:
     """Bit for bit on CPU: a seed alone (N=1) and as member 3 of 4 give the same telemetry,
-    also when another member trains in a separate group (its own batch size)."""
+    also when others train in separate groups (their own batch sizes, down to one example,
+    where a one-member product could take a matrix-vector kernel), and so do those."""
     alone = started(make, [7]).advance(k)
     population = started(make, [1, 2, 3, 7])
     population.set_knob(1, "batch_shrink", 2.0)
+    population.set_knob(2, "batch_shrink", 1e6)  # one example per batch
     together = population.advance(k)
     assert together.n_updates.tolist() == [k] * 4
     np.testing.assert_array_equal(together.values[3], alone.values[0])
     assert not np.array_equal(together.values[0], together.values[3])  # seeds matter
+    tiny = started(make, [3])
+    tiny.set_knob(0, "batch_shrink", 1e6)
+    np.testing.assert_array_equal(tiny.advance(k).values[0], together.values[2])
 
 
 def test_ppo_recipe_batch_invariance_and_learning() -> None:
@@ -211,3 +217,52 @@ def test_digits_members_learn() -> None:
     population = started(digits, [0, 1])
     population.advance(150)
     assert (population.evaluate() > 0.8).all()
+
+
+def test_digits_gradient_is_autograds() -> None:
+    """The spelled-out backward pass gives each member autograd's gradient of its own loss."""
+    population = started(digits, [0, 1, 2])
+    population.advance(3)
+    x, y = population._next_batch(np.arange(3), 32)  # type: ignore[attr-defined]
+    layout = population.layout  # type: ignore[attr-defined]
+    weights = layout.split(population.weights)  # type: ignore[attr-defined]
+    grad = torch.empty(3, layout.size)
+    losses = population._loss_and_grad(weights, x, y, grad)  # type: ignore[attr-defined]
+    params = [w.detach().clone().requires_grad_() for w in weights]
+    h = x
+    for w, b in zip(params[:-2:2], params[1:-2:2]):
+        h = torch.relu(h @ w + b)
+    logits = h @ params[-2].transpose(1, 2) + params[-1].transpose(1, 2)  # (G, B, classes)
+    reference = (
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        .view(3, -1)
+        .mean(1)
+    )
+    expected = layout.pack(torch.autograd.grad(reference.sum(), params))
+    torch.testing.assert_close(losses, reference.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_stacked_adam_is_one_torch_adam_per_member() -> None:
+    """Each row steps as ``torch.optim.Adam`` with that member's learning rate and step count;
+    a step of some members leaves the others untouched."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 40, generator=generator)
+    lr = np.array([1e-3, 1e-2, 3e-3])
+    optimizer = StackedAdam(start.clone())
+    rows = [start[i].clone().requires_grad_() for i in range(3)]
+    references = [torch.optim.Adam([row], lr=float(lr[i])) for i, row in enumerate(rows)]
+    for step in range(6):
+        grads = torch.randn(3, 40, generator=generator)
+        members = None if step % 2 == 0 else np.array([0, 2])
+        if members is None:
+            optimizer.grad.copy_(grads)
+            optimizer.step(None, optimizer.grad, lr)
+        else:
+            optimizer.step(members, grads[members], lr[members])
+        for i in range(3) if members is None else members:
+            rows[i].grad = grads[i].clone()
+            references[i].step()
+    torch.testing.assert_close(optimizer.weights, torch.stack(rows).detach())
+    assert optimizer.steps.tolist() == [6, 3, 6]

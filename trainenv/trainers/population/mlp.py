@@ -22,12 +22,15 @@ from trainenv.trainers.population.stacked import (
     apply_member_event,
     clip_,
     groups,
-    leaf,
     linear,
-    member_norms,
+    matmul,
+    row_norms,
     uniform_linear_,
 )
 from trainenv.trainers.supervised import SupervisedTrainer
+
+_VALIDATION_CHUNK = 8
+"""Members validated together: ~1 MB of activations, one core's L2 cache here."""
 
 
 class DigitsMLPPopulation(PopulationTrainer):
@@ -63,12 +66,16 @@ class DigitsMLPPopulation(PopulationTrainer):
         self.hidden, self.lr = recipe.hidden, recipe.lr
         self.batch_size, self.eval_every = recipe.batch_size, recipe.eval_every
         self._data = recipe._data
-        n, widths = self.n_members, (self._data.dim, *self.hidden, self._data.n_classes)
+        n, widths = self.n_members, (self._data.dim, *self.hidden)
+        # Hidden layers (in, out) and (1, out); the output layer (classes, in) and (classes, 1),
+        # so that the logits come out classes first (see _forward).
         shapes = [(a, b) for n_in, n_out in zip(widths[:-1], widths[1:])
                   for a, b in ((n_in, n_out), (1, n_out))]  # fmt: skip
-        self.layout = Layout(shapes)
+        self.layout = Layout([*shapes, (self._data.n_classes, widths[-1]),
+                              (self._data.n_classes, 1)])  # fmt: skip
         self.weights = torch.zeros(n, self.layout.size)  # each member's layers, packed
         self.optimizer = StackedAdam(self.weights)
+        self._x_val = torch.empty(0)  # the validation inputs, one copy per member (see _validate)
         self._generators = [torch.Generator() for _ in range(n)]
         self._perm = torch.zeros(n, len(self._data.y_train), dtype=torch.long)
         self._cursor = np.zeros(n, dtype=np.int64)
@@ -81,6 +88,7 @@ class DigitsMLPPopulation(PopulationTrainer):
         generator, _ = member_generators(seed)
         self._generators[member] = generator
         views = self.layout.member(self.weights, member)
+        views[-2:] = [views[-2].T, views[-1].T]  # the output layer as (in, classes)
         for weight, bias in zip(views[::2], views[1::2]):
             uniform_linear_(weight, bias, generator)
         self._perm[member] = torch.randperm(len(self._data.y_train), generator=generator)
@@ -149,41 +157,61 @@ class DigitsMLPPopulation(PopulationTrainer):
         x, y = self._perturb_batch(index, x, y)
         lr = self.lr * self._knobs["lr_scale"][index] * self._knobs["lr_backoff"][index]
         select = None if members is None else torch.from_numpy(members)
-        before = self.weights.clone() if select is None else self.weights[select]
-        flat = leaf(self.weights, members)
-        logits = self._forward(self.layout.split(flat), x)
-        losses = (
-            nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            .view(len(index), size)
-            .mean(1)
-        )
-        losses.sum().backward()  # members' parameters are disjoint: each gets its own gradient
-        grad = flat.grad
-        assert grad is not None
-        grad_norms = member_norms([grad])
+        weights = self.layout.split(self.weights if select is None else self.weights[select])
+        grad = self.optimizer.grad if members is None else torch.empty(len(index), self.layout.size)
+        losses = self._loss_and_grad(weights, x, y, grad)
+        grad_norms = row_norms(grad)
         clip_(grad, grad_norms, self._knobs["grad_clip"][index])
         self._add_grad_noise(index, self.layout.split(grad))
-        self.optimizer.step(members, grad, lr)
-        after = self.weights if select is None else self.weights[select]
-        weight_norms = member_norms([after]).numpy().astype(np.float64)
-        moved = member_norms([after - before]).numpy().astype(np.float64)
+        moved = self.optimizer.step(members, grad, lr)
+        weight_norms = row_norms(self.weights if select is None else self.weights[select])
         due = index[numbers % self.eval_every == 0]
         if len(due):
             self._validate(due)
+        measured = torch.stack([losses, grad_norms, moved, weight_norms], 1).double()
+        loss, grad_norm, moved_norm, weight_norm = measured.numpy().T
         return np.column_stack([
-            losses.detach().numpy(), self._val_loss[index], self._val_accuracy[index],
-            grad_norms.numpy(), moved / np.maximum(weight_norms, 1e-12), weight_norms, lr,
+            loss, self._val_loss[index], self._val_accuracy[index], grad_norm,
+            moved_norm / np.maximum(weight_norm, 1e-12), weight_norm, lr,
         ])  # fmt: skip
 
-    def _forward(self, weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(G, B, classes)`` of inputs ``x`` ``(G, B, dim)``."""
-        h = x
-        last = len(weights) // 2 - 1
-        for layer, (w, b) in enumerate(zip(weights[::2], weights[1::2])):
-            h = linear(h, w, b)
-            if layer < last:
-                h = torch.relu(h)
-        return h
+    def _forward(
+        self, weights: Sequence[torch.Tensor], x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The hidden activations ``[x, h1, ...]`` (``(G, B, width)``) and the logits
+        ``(G, classes, B)`` of inputs ``x`` ``(G, B, dim)``. Classes first: a softmax over dim 1
+        runs vectorised over the batch, ~40x faster on CPU than over a last dim of 10 (measured).
+        """
+        activations = [x]
+        for w, b in zip(weights[:-2:2], weights[1:-2:2]):
+            activations.append(linear(activations[-1], w, b).relu_())
+        logits = matmul(weights[-2], activations[-1].transpose(1, 2), weights[-1])
+        return activations, logits
+
+    def _loss_and_grad(
+        self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor
+    ) -> torch.Tensor:
+        """Each member's mean cross-entropy on its batch ``x`` ``(G, B, dim)``, ``y`` ``(G, B)``,
+        shape ``(G,)``; the gradient of each member's loss is written into its row of ``grad``
+        ``(G, P)``. The backward pass is spelled out: autograd's bookkeeping cost about as much
+        as the products themselves here (measured)."""
+        activations, logits = self._forward(weights, x)
+        target = y.unsqueeze(1)  # (G, 1, B)
+        log_probs = torch.log_softmax(logits, 1)
+        losses = -log_probs.gather(1, target).mean((1, 2))
+        delta = log_probs.exp_()  # d(loss)/d(logits): softmax - one-hot, over the batch size
+        delta.scatter_(1, target, delta.gather(1, target) - 1).div_(y.shape[1])
+        grads = [delta] * len(weights)  # placeholders, all replaced below
+        grads[-2], grads[-1] = matmul(delta, activations[-1]), delta.sum(2, keepdim=True)
+        back = matmul(delta.transpose(1, 2), weights[-2])  # d(loss)/d(last hidden activation)
+        for layer in reversed(range(len(activations) - 1)):
+            pre = torch.ops.aten.threshold_backward(back, activations[layer + 1], 0)  # relu'
+            grads[2 * layer] = matmul(activations[layer].transpose(1, 2), pre)
+            grads[2 * layer + 1] = pre.sum(1, keepdim=True)
+            if layer:
+                back = matmul(pre, weights[2 * layer].transpose(1, 2))
+        self.layout.pack(grads, out=grad)
+        return losses
 
     def _next_batch(self, index: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``size`` examples of each member's own data order: ``(G, B, dim)``,
@@ -192,12 +220,14 @@ class DigitsMLPPopulation(PopulationTrainer):
         for member in index[self._cursor[index] + size > n_train]:
             self._perm[member] = torch.randperm(n_train, generator=self._generators[member])
             self._cursor[member] = 0
-        start = torch.from_numpy(self._cursor[index])
-        rows = self._perm[torch.from_numpy(index)].gather(
-            1, start[:, None] + torch.arange(size)[None, :]
-        )
+        # Positions in the flattened (N, n_train) orders; index_select runs ~20x faster than
+        # advanced indexing on these small batches (measured).
+        start = index * n_train + self._cursor[index]
+        positions = torch.from_numpy((start[:, None] + np.arange(size)).reshape(-1))
+        rows = self._perm.view(-1).index_select(0, positions)
         self._cursor[index] += size
-        return self._data.x_train[rows], self._data.y_train[rows]
+        x = self._data.x_train.index_select(0, rows).view(len(index), size, -1)
+        return x, self._data.y_train.index_select(0, rows).view(len(index), size)
 
     def _perturb_batch(
         self, index: np.ndarray, x: torch.Tensor, y: torch.Tensor
@@ -229,16 +259,18 @@ class DigitsMLPPopulation(PopulationTrainer):
                 grad[g].add_(noise * rel_std[g] * rms)
 
     def _validate(self, index: np.ndarray) -> None:
-        """Validation loss and accuracy of the members ``index`` on the shared split."""
-        select = torch.from_numpy(index)
-        with torch.no_grad():
-            weights = self.layout.split(self.weights[select])
-            x = self._data.x_val.expand(len(index), *self._data.x_val.shape)
-            logits = self._forward(weights, x)
-            y = self._data.y_val.expand(len(index), -1)
-            losses = nn.functional.cross_entropy(
-                logits.flatten(0, 1), y.flatten(), reduction="none"
-            )
-            self._val_loss[index] = losses.view(len(index), -1).mean(1).numpy()
-            correct = (logits.argmax(-1) == y).float().mean(1)
-            self._val_accuracy[index] = correct.numpy()
+        """Validation loss and accuracy of the members ``index`` on the shared split, a few
+        members at a time: their activations stay in cache (2x faster at N=32, measured)."""
+        for start in range(0, len(index), _VALIDATION_CHUNK):
+            chunk = index[start : start + _VALIDATION_CHUNK]
+            with torch.no_grad():
+                weights = self.layout.split(self.weights[torch.from_numpy(chunk)])
+                if len(self._x_val) < len(chunk):  # one contiguous copy per member, made once
+                    self._x_val = self._data.x_val.expand(len(chunk), -1, -1).contiguous()
+                logits = self._forward(weights, self._x_val[: len(chunk)])[1]
+                y = self._data.y_val.expand(len(chunk), -1)
+                losses = nn.functional.cross_entropy(logits, y, reduction="none")
+                self._val_loss[chunk] = losses.mean(1).numpy()
+                # argmax over a contiguous last dim (over dim 1 it runs ~4x slower, measured)
+                predicted = logits.transpose(1, 2).contiguous().argmax(-1)
+                self._val_accuracy[chunk] = (predicted == y).float().mean(1).numpy()

@@ -31,10 +31,10 @@ from trainenv.trainers.population.stacked import (
     apply_member_event,
     clip_,
     groups,
-    leaf,
     linear,
-    member_norms,
     orthogonal_linear_,
+    parameters,
+    row_norms,
     tanh,
 )
 from trainenv.trainers.sb3 import SB3Trainer
@@ -215,8 +215,8 @@ class CartPolePPOPopulation(PopulationTrainer):
                 part = {key: value[torch.from_numpy(at)] for key, value in batch.items()}
                 rows[at] = self._train(members, part, size)
         after = self.weights if everyone else self.weights[torch.from_numpy(live)]
-        weight_norm = member_norms([after]).double().numpy()
-        moved = member_norms([after - before]).double().numpy()
+        weight_norm = row_norms(after).double().numpy()
+        moved = row_norms(after - before).double().numpy()
         c = self._channel
         rows[:, c["update_ratio"]] = moved / np.maximum(weight_norm, 1e-12)
         rows[:, c["weight_norm"]] = weight_norm
@@ -320,6 +320,7 @@ class CartPolePPOPopulation(PopulationTrainer):
         """The training epochs of one group (members sharing minibatch size ``size``) on their
         rollout ``batch``; returns their rows (losses, grad norm, lr; the rest filled later)."""
         index = np.arange(self.n_members) if members is None else members
+        index_t = torch.from_numpy(index)
         g, n_samples = len(index), batch["obs"].shape[1]
         knobs = self._knobs
         lr = self.lr * knobs["lr_scale"][index] * knobs["lr_backoff"][index]
@@ -335,8 +336,10 @@ class CartPolePPOPopulation(PopulationTrainer):
                 rows = orders[:, epoch, start : start + size]
                 mb = {k: v.gather(1, rows.view(*rows.shape, *(1,) * (v.dim() - 2)).expand(
                     -1, -1, *v.shape[2:])) for k, v in batch.items()}  # fmt: skip
-                flat = leaf(self.weights, members)
-                logits, values = self._forward(self.layout.split(flat), mb["obs"])
+                params = parameters(
+                    self.layout, self.weights if members is None else self.weights[index_t]
+                )
+                logits, values = self._forward(params, mb["obs"])
                 log_probs = torch.log_softmax(logits, -1)
                 log_prob = log_probs.gather(-1, mb["actions"][..., None]).squeeze(-1)
                 entropy = -(log_probs.exp() * log_probs).sum(-1)
@@ -351,10 +354,12 @@ class CartPolePPOPopulation(PopulationTrainer):
                 vf_loss = (mb["returns"] - values).pow(2).mean(1)
                 ent_loss = -entropy.mean(1)
                 loss = pg_loss + ent_coef * ent_loss + self.vf_coef * vf_loss
-                loss.sum().backward()  # members' parameters are disjoint
-                grad = flat.grad
-                assert grad is not None
-                norms = member_norms([grad])
+                # Members' parameters are disjoint: the sum's gradient is each member's own.
+                grad = self.layout.pack(
+                    torch.autograd.grad(loss.sum(), params),
+                    out=self.optimizer.grad if members is None else None,
+                )
+                norms = row_norms(grad)
                 clip_(grad, norms, knobs["grad_clip"][index])
                 self.optimizer.step(members, grad, lr)
                 with torch.no_grad():

@@ -10,7 +10,7 @@ writes them back; ``members=None`` means every member in order, working in place
 Batch-invariance: only per-member operations appear here (batched matrix products, elementwise
 ops, reductions within one member), so a member's numbers do not depend on the others. On CPU,
 one thread, they are bitwise identical alone and in any batch, with one exception handled in
-:func:`linear`.
+:func:`matmul`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,25 @@ Members = np.ndarray | None
 """Indices of the members a computation covers, or ``None`` for all of them in order."""
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)`` per member: ``(G, m, k) x (G, k, n)`` (+ a bias broadcast to
+    ``(G, m, n)``), bitwise the same for a member whatever ``G``."""
+    if b.shape[2] == 1:
+        # A one-member batched product with one output column or row takes a matrix-vector
+        # kernel that rounds differently from the batched one (measured): multiply and sum.
+        y = (a * b.transpose(1, 2)).sum(-1, keepdim=True)
+    elif a.shape[1] == 1:
+        y = (a.transpose(1, 2) * b).sum(1, keepdim=True)
+    elif bias is None:
+        return torch.bmm(a, b)
+    else:
+        return torch.baddbmm(bias, a, b)
+    return y if bias is None else y + bias
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``x @ weight + bias`` per member: ``(G, B, in) x (G, in, out) + (G, 1, out)``."""
-    if weight.shape[-1] == 1:
-        # A one-member batched product with one output column takes a matrix-vector kernel
-        # that rounds differently from the batched one (measured): multiply and sum instead.
-        return (x * weight.transpose(1, 2)).sum(-1, keepdim=True) + bias
-    return torch.baddbmm(bias, x, weight)
+    return matmul(x, weight, bias)
 
 
 class _Tanh(torch.autograd.Function):
@@ -102,27 +114,36 @@ class Layout:
         """Views ``(G, *shape)`` of the parameter tensors packed in ``flat`` ``(G, P)``."""
         return [flat[:, a:b].view(-1, *shape) for (a, b), shape in zip(self._bounds, self.shapes)]
 
+    def pack(
+        self, tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The tensors ``(G, *shape)`` (e.g. per-tensor gradients) packed into ``(G, P)``,
+        written into ``out`` when given."""
+        rows = [t.reshape(t.shape[0], -1) for t in tensors]
+        return torch.cat(rows, dim=1) if out is None else torch.cat(rows, dim=1, out=out)
+
     def member(self, flat: torch.Tensor, member: int) -> list[torch.Tensor]:
         """Views of member ``member``'s parameter tensors in ``flat`` ``(N, P)``."""
         return [flat[member, a:b].view(shape) for (a, b), shape in zip(self._bounds, self.shapes)]
 
 
-def leaf(weights: torch.Tensor, members: Members) -> torch.Tensor:
-    """A fresh autograd leaf of the ``members``' rows of ``weights`` (a view when None)."""
-    if members is None:
-        return weights.detach().requires_grad_()
-    return weights[torch.from_numpy(members)].requires_grad_()
+def parameters(layout: Layout, weights: torch.Tensor) -> list[torch.Tensor]:
+    """Fresh autograd leaves viewing the parameter tensors packed in ``weights`` ``(G, P)``:
+    their gradients come back per tensor (``torch.autograd.grad``), so no backward pass
+    scatters into a zero-filled ``(G, P)`` buffer per tensor as slicing one packed leaf does."""
+    return [view.detach().requires_grad_() for view in layout.split(weights)]
 
 
-def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Shape ``(G,)``: each member's global L2 norm over ``tensors`` (each ``(G, ...)``)."""
-    total = sum(t.detach().pow(2).flatten(1).sum(1) for t in tensors)
-    return torch.as_tensor(total).sqrt()
+def row_norms(flat: torch.Tensor) -> torch.Tensor:
+    """Shape ``(G,)``: the L2 norm of each row of ``flat`` ``(G, P)`` (a member's global norm)."""
+    return torch.linalg.vector_norm(flat.detach(), dim=1)
 
 
 def clip_(grad: torch.Tensor, norms: torch.Tensor, max_norm: np.ndarray) -> None:
     """Scale each member's gradient row of ``grad`` ``(G, P)`` to global norm ``max_norm[g]``
     at most (inf: untouched), as ``torch.nn.utils.clip_grad_norm_`` does for one run."""
+    if np.isinf(max_norm).all():  # the common case: no member clips, skip a pass over grad
+        return
     limit = torch.from_numpy(max_norm).to(norms.dtype)
     coef = torch.where(torch.isinf(limit), 1.0, (limit / (norms + 1e-6)).clamp(max=1.0))
     grad.mul_(coef[:, None])
@@ -140,16 +161,21 @@ def groups(live: np.ndarray, keys: np.ndarray, n_members: int) -> list[tuple[Mem
 
 
 class StackedAdam:
-    """N independent Adam optimizers over packed weights ``(N, P)``, as elementwise ops.
+    """N independent Adam optimizers over packed weights ``(N, P)``.
 
     Each member has its own step count (bias correction) and learning rate; a member outside
-    a step's ``members`` is untouched. The arithmetic is ``torch.optim.Adam``'s, in plain
-    multiply/add/divide ops so that it rounds the same whatever the batch.
+    a step's ``members`` is untouched. The arithmetic is ``torch.optim.Adam(fused=True)``'s
+    kernel, run on each member's row as a tensor of its own, so a member's numbers do not
+    depend on the batch (one pass over the state instead of ten elementwise ops: ~2x faster
+    here, measured).
 
     Attributes:
         weights: The packed weights (updated in place).
+        grad: A gradient buffer shaped like ``weights``: a step of every member reads its rows
+            through views made once.
         exp_avg, exp_avg_sq: First and second moments, shaped like ``weights``.
-        steps: Shape ``(N,)``: each member's optimizer steps since its state was cleared.
+        steps: Shape ``(N,)``: each member's optimizer steps since its state was cleared
+            (float32: a view of the kernel's step counters).
     """
 
     def __init__(
@@ -157,30 +183,42 @@ class StackedAdam:
     ) -> None:
         self.weights = weights
         self.betas, self.eps = betas, eps
+        self.grad = torch.zeros_like(weights)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
-        self.steps = np.zeros(weights.shape[0], dtype=np.int64)
+        self._counts = torch.zeros(weights.shape[0])
+        self.steps = self._counts.numpy()  # shares memory with the kernel's counters
+        self._direction = torch.zeros_like(weights)  # each member's step at lr 1 (see step)
+        # Row views of the kept buffers, made once: unbinding them per step costs ~N x 4 us.
+        self._rows = [list(t.unbind()) for t in (self._direction, self.grad, self.exp_avg,
+                                                 self.exp_avg_sq, self._counts)]  # fmt: skip
 
-    def step(self, members: Members, grad: torch.Tensor, lr: np.ndarray) -> None:
-        """One Adam step of ``members`` with their gradient rows ``(G, P)`` and learning rates
-        (shape ``(G,)``)."""
+    def step(self, members: Members, grad: torch.Tensor, lr: np.ndarray) -> torch.Tensor:
+        """One Adam step of ``members`` with their gradient rows ``(G, P)`` (for every member,
+        pass ``grad``) and learning rates (shape ``(G,)``). Returns the L2 norm of each
+        member's step, shape ``(G,)``."""
         beta1, beta2 = self.betas
-        select = slice(None) if members is None else members
-        steps = self.steps[select] + 1
-        self.steps[select] = steps
-        step_size = torch.from_numpy(lr / (1 - beta1**steps)).float()[:, None]
-        bias_sqrt = torch.from_numpy(np.sqrt(1 - beta2**steps)).float()[:, None]
-        index = None if members is None else torch.from_numpy(members)
+        self.steps[slice(None) if members is None else members] += 1
         with torch.no_grad():
-            if index is None:
-                w, m, v = self.weights, self.exp_avg, self.exp_avg_sq
+            if members is None and grad is self.grad:
+                w, direction, rows, index = self.weights, self._direction, self._rows, None
             else:
+                index = slice(None) if members is None else torch.from_numpy(members)
                 w, m, v = self.weights[index], self.exp_avg[index], self.exp_avg_sq[index]
-            m.mul_(beta1).add_(grad * (1 - beta1))
-            v.mul_(beta2).add_(grad * grad * (1 - beta2))
-            denom = (v.sqrt() / bias_sqrt).add_(self.eps)
-            w.sub_(m / denom * step_size)
+                direction = torch.empty_like(w)
+                rows = [list(t.unbind()) for t in (direction, grad, m, v, self._counts[index])]
+            direction.zero_()
+            # The kernel takes one learning rate for all its tensors: step a zero "parameter"
+            # at lr 1 (it becomes minus each member's Adam direction), then scale per member.
+            directions, grads, exp_avgs, exp_avg_sqs, counts = rows
+            torch._fused_adam_(
+                directions, grads, exp_avgs, exp_avg_sqs, [], counts, lr=1.0, beta1=beta1,
+                beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
+            )  # fmt: skip
+            scale = torch.from_numpy(lr).to(w.dtype)
+            w.addcmul_(direction, scale[:, None])
             if index is not None:
                 self.weights[index], self.exp_avg[index], self.exp_avg_sq[index] = w, m, v
+            return torch.linalg.vector_norm(direction, dim=1) * scale
 
     def shrink(self, member: int, fraction: float) -> None:
         """Shrink one member's moments by ``fraction``; at 1.0 clear its state (step count
