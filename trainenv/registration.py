@@ -47,6 +47,9 @@ class RegisteredEnv:
 _COMMON = ("lr_scale", "lr_backoff", "grad_clip", "batch_shrink")
 _EVENTS = ("optimizer_reset", "weight_noise", "weight_rescale")
 _INPUTS = ("input_noise", "input_shift")
+_LM = (*_COMMON, "label_noise", "token_corruption", "domain_shift", "sequence_shuffle",
+       "loss_scale", "z_loss", "logit_softcap", "dropout", *_EVENTS, "warmup_restart",
+       "layer_rescale", "block_reset")  # fmt: skip
 REGISTERED = {
     "trainenv/CartPole-PPO-v0": RegisteredEnv(
         "trainenv.envs:make_cartpole_ppo",
@@ -61,13 +64,8 @@ REGISTERED = {
         (*_COMMON, *_INPUTS, "label_noise", "grad_noise", *_EVENTS, "layer_reset"),
         "trainenv.envs:make_digits_mlp_vec",
     ),
-    "trainenv/TinyLM-v0": RegisteredEnv(
-        "trainenv.envs:make_tiny_lm",
-        "CausalLMTrainer",
-        (*_COMMON, "label_noise", "token_corruption", "domain_shift", "sequence_shuffle",
-         "loss_scale", "z_loss", "logit_softcap", "dropout", *_EVENTS, "warmup_restart",
-         "layer_rescale", "block_reset"),
-    ),
+    "trainenv/TinyLM-v0": RegisteredEnv("trainenv.envs:make_tiny_lm", "CausalLMTrainer", _LM),
+    "trainenv/SmallLM-v0": RegisteredEnv("trainenv.envs:make_small_lm", "CausalLMTrainer", _LM),
 }  # fmt: skip
 ENTRY_POINTS = {env_id: spec.entry_point for env_id, spec in REGISTERED.items()}
 
