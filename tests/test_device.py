@@ -4,7 +4,10 @@ only where CUDA is present (``benchmarks/gpu_check.py`` measures speed there).""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,3 +144,17 @@ def test_on_cuda_forks_and_interleaved_runs_reproduce_with_dropout() -> None:
     np.testing.assert_array_equal(np.concatenate(together), alone)
     assert fork is not None and next(fork.model.parameters()).is_cuda  # type: ignore[union-attr]
     np.testing.assert_array_equal(fork.advance(3).values, alone[3:])
+
+
+def test_the_gpu_check_says_plainly_when_there_is_no_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
+    assert module.main() == 0
+    assert "no CUDA device here" in capsys.readouterr().out
