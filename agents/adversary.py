@@ -266,16 +266,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     ) -> None:
         inner = unwrap(env)
         offered = {i.name: i for i in inner.interventions}
-        missing = [n for n in distribution.names if n not in offered]
-        if missing:
-            raise ValueError(
-                f"distribution: perturbations {missing} are not offered by env: {sorted(offered)}"
-            )
-        if distribution.onsets[1] >= inner.max_steps:
-            raise ValueError(
-                f"distribution: onsets {distribution.onsets} must end before max_steps "
-                f"({inner.max_steps})"
-            )
+        _check_fits(distribution, offered, inner.max_steps)
         self.agent_spec = _agent_spec(agent_actions, _stabilizers(offered, stabilizers), levels)
         # Recorded so that ``env.spec.make()`` rebuilds the wrapped env.
         gym.utils.RecordConstructorArgs.__init__(
@@ -339,6 +330,22 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         shocks = self.schedule.at(self._step_index)
         self._step_index += 1
         return self._inner.intervene({**stabilizers, **shocks})
+
+
+def _check_fits(
+    distribution: ScheduleDistribution, offered: Mapping[str, Intervention], max_steps: int
+) -> None:
+    """``ValueError`` unless the env offers the distribution's perturbations and its onsets
+    fall within an episode of ``max_steps`` steps."""
+    missing = [n for n in distribution.names if n not in offered]
+    if missing:
+        raise ValueError(
+            f"distribution: perturbations {missing} are not offered by env: {sorted(offered)}"
+        )
+    if distribution.onsets[1] >= max_steps:
+        raise ValueError(
+            f"distribution: onsets {distribution.onsets} must end before max_steps ({max_steps})"
+        )
 
 
 def _stabilizers(

@@ -31,6 +31,7 @@ from agents.adversary import (
     ScheduleDistribution,
     SeedSplit,
     _agent_spec,
+    _check_fits,
     _draw,
     _stabilizers,
 )
@@ -69,16 +70,7 @@ class AdversarialPopulation(VectorWrapper):
                 f"{type(env).__name__} ({getattr(env, 'autoreset_mode', None)})"
             )
         offered = {i.name: i for i in env.interventions}
-        missing = [n for n in distribution.names if n not in offered]
-        if missing:
-            raise ValueError(
-                f"distribution: perturbations {missing} are not offered by env: {sorted(offered)}"
-            )
-        if distribution.onsets[1] >= env.settings.max_steps:
-            raise ValueError(
-                f"distribution: onsets {distribution.onsets} must end before max_steps "
-                f"({env.settings.max_steps})"
-            )
+        _check_fits(distribution, offered, env.settings.max_steps)
         super().__init__(env)
         self.population_env = env
         self.agent_spec = _agent_spec(agent_actions, _stabilizers(offered, stabilizers), levels)
