@@ -96,3 +96,24 @@ def detector_inputs(
         inputs["deviation"] = [band.distance(z, t + 1) if band else None
                                for t, z in enumerate(latents)]  # fmt: skip
     return inputs
+
+
+def held_out_deviation(
+    encoder: MetaStateEncoder, tables: Sequence[np.ndarray], columns: Sequence[int]
+) -> list[list[float]]:
+    """Per reference run, its deviation from a band fitted on the *other* runs (>= 3 runs).
+
+    A run's distance from a band fitted on itself understates how far a new run of the same
+    recipe lies, so thresholds are set on held-out distances, as the early-warning evaluation
+    cross-fits by seed.
+    """
+    if len(tables) < 3:
+        raise ValueError(f"held-out deviations need >= 3 reference runs, got {len(tables)}")
+    latents = [encoder.transform(run_features(t[:, columns], encoder.window)) for t in tables]
+    steps = [np.arange(1, len(z) + 1) for z in latents]
+    held_out = []
+    for i, z in enumerate(latents):
+        others = [(latents[j], steps[j]) for j in range(len(latents)) if j != i]
+        band = ReferenceBand.fit(others)
+        held_out.append([band.distance(v, t + 1) for t, v in enumerate(z)])
+    return held_out

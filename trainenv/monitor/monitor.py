@@ -41,7 +41,12 @@ import numpy as np
 
 from trainenv.core.deviation import Detector
 from trainenv.core.metastate import MetaStateEncoder, window_features
-from trainenv.monitor.calibrate import detector_inputs, fit_live_encoder, reference_encoder
+from trainenv.monitor.calibrate import (
+    detector_inputs,
+    fit_live_encoder,
+    held_out_deviation,
+    reference_encoder,
+)
 from trainenv.warning.detectors import (
     Cusum,
     GradNormZScore,
@@ -190,8 +195,9 @@ class StabilityMonitor:
 
         Without an encoder that fits, fits one on the runs' window features, with a reference
         band when there are >= 2 runs; then sets every detector's threshold on the runs'
-        scores (:func:`~trainenv.warning.detectors.calibrate_threshold`). The monitor then
-        alarms from the first update of the monitored run; call before observing it.
+        scores (:func:`~trainenv.warning.detectors.calibrate_threshold`), the band deviation's
+        on each run's distance from a band fitted on the others when there are >= 3. The
+        monitor then alarms from the first update of the monitored run; call before observing.
         """
         if self.updates:
             raise RuntimeError("calibrate() before the first observe(): the run has started")
@@ -202,6 +208,8 @@ class StabilityMonitor:
             self._use(reference_encoder(self.channels, runs, self.window))
             self._enable_band_detector()
         self._set_thresholds(runs)
+        self.reset_detectors()  # the monitored run is a new stream, not the last reference run
+        self.latent = None
 
     def reset_detectors(self) -> None:
         """Forget the detectors' streams (thresholds stay): after a rollback, for instance."""
@@ -283,6 +291,9 @@ class StabilityMonitor:
         the end of the last run (the live calibration segment is the run's own past)."""
         encoder, loss = self.encoder, self.loss_channel
         per_run = [detector_inputs(run, encoder, self.channels, loss) for run in runs]
+        if encoder is not None and encoder.band_ is not None and len(runs) >= 3:
+            for inputs, held_out in zip(per_run, held_out_deviation(encoder, runs, self._columns)):
+                inputs["deviation"] = held_out
         rate = self.false_alarm_rate / len(self.detectors)
         for name, detector in self.detectors.items():
             key = DETECTORS[name][1]

@@ -1,0 +1,230 @@
+"""trainenv.monitor: the framework-free StabilityMonitor, live calibration, acting, the event
+table, and the transformers and stable-baselines3 adapters on planted learning-rate blow-ups
+(tiny GPT-2 built from a config, CartPole PPO; no downloads)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainenv.core.collapse import CollapseRule, CollapseState
+from trainenv.monitor import (
+    DETECTORS,
+    MONITOR_SCHEMA,
+    Actor,
+    EventLog,
+    StabilityMonitor,
+    alarm_rate,
+)
+
+RATE = 0.02  # the monitor's false-alarm rate in these tests
+
+
+def synthetic_run(seed: int, length: int = 400, onset: int | None = None) -> list[dict]:
+    """Loss falling to a plateau with noise, grad norm around 1; from ``onset`` the loss and
+    the gradient blow up (a learning-rate blow-up's signature)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(length):
+        loss = 3 * math.exp(-t / 80) + 1 + 0.05 * rng.standard_normal()
+        grad = 1 + 0.1 * rng.standard_normal()
+        if onset is not None and t >= onset:
+            loss *= 1 + 0.3 * (t - onset + 1)
+            grad *= 20
+        rows.append({"loss": loss, "grad_norm": grad, "lr": 1e-3})
+    return rows
+
+
+def feed(monitor: StabilityMonitor, rows: Sequence[Mapping[str, float]]) -> list:
+    return [alarm for row in rows for alarm in monitor.observe(row)]
+
+
+def collapse_update(performance: Sequence[tuple[int, float]], rule: CollapseRule) -> int | None:
+    """The update at which ``rule`` fires on normalised performance ``[(update, p)]``."""
+    state = CollapseState()
+    for update, p in performance:
+        state, reason = rule.update(state, p, not math.isfinite(p))
+        if reason is not None:
+            return update
+    return None
+
+
+# -- the monitor ---------------------------------------------------------------------------------
+def test_the_detector_table_is_the_early_warning_evaluations() -> None:
+    from trainenv.warning import DETECTORS as EVALUATED
+
+    assert {n: (f, i) for n, (f, i) in DETECTORS.items()} == dict(EVALUATED)
+
+
+def test_live_calibration_then_alarms_on_a_blow_up_and_not_before() -> None:
+    monitor = StabilityMonitor(["loss", "grad_norm", "lr"], calibration_updates=64,
+                               false_alarm_rate=RATE)  # fmt: skip
+    alarms = feed(monitor, synthetic_run(0, onset=300))
+    assert monitor.encoder is not None  # fitted live on the first 64 updates
+    assert all(a.update > 64 for a in alarms)  # none while calibrating
+    assert min(a.update for a in alarms if a.update > 300) == 301  # the first blown-up update
+    assert alarm_rate([a for a in alarms if a.update <= 300], 300) <= RATE
+    assert {a.detector for a in alarms if a.update > 300} >= {"loss spike", "grad-norm z-score"}
+    for name, detector in monitor.detectors.items():  # calibrated, never below the default
+        assert detector.threshold >= DETECTORS[name][0]().threshold
+
+
+def test_calibration_from_reference_runs_adds_the_band_and_alarms_from_the_start() -> None:
+    monitor = StabilityMonitor(["loss", "grad_norm", "lr"], false_alarm_rate=RATE)
+    monitor.calibrate([synthetic_run(seed) for seed in range(1, 5)])
+    assert monitor.encoder is not None and monitor.encoder.band_ is not None
+    assert "meta-state deviation" in monitor.detectors
+    assert not monitor.calibrating
+    alarms = feed(monitor, synthetic_run(9, onset=150))
+    assert alarm_rate([a for a in alarms if a.update <= 150], 150) <= 2 * RATE
+    assert min(a.update for a in alarms if a.update > 150) == 151
+    assert monitor.deviation is not None and monitor.deviation > 4.0
+
+
+def test_an_encoder_that_does_not_fit_falls_back_to_the_self_referenced_deviation() -> None:
+    from trainenv.core.metastate import MetaStateEncoder
+
+    other = MetaStateEncoder(["val_loss", "grad_norm"], window=8)
+    other.fit(np.random.default_rng(0).normal(size=(20, 6)))
+    with pytest.warns(UserWarning, match="val_loss"):
+        monitor = StabilityMonitor(["loss", "grad_norm"], encoder=other)
+    assert monitor.encoder is None and "self-deviation" in monitor.detectors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"channels": []}, "channels"),
+        ({"channels": ["loss"], "false_alarm_rate": 1.5}, "false_alarm_rate"),
+        ({"channels": ["loss"], "detectors": ["nope"]}, "detectors"),
+        ({"channels": ["lr"], "detectors": ["loss spike"]}, "detectors"),
+        ({"channels": ["loss"], "calibration_updates": -1}, "calibration_updates"),
+        ({"channels": ["loss"], "thresholds": {"grad-norm z-score": 1.0}}, "thresholds"),
+    ],
+)
+def test_bad_settings_are_named(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        StabilityMonitor(**kwargs)
+
+
+def test_a_row_without_a_channel_is_named() -> None:
+    monitor = StabilityMonitor(["loss", "grad_norm"])
+    with pytest.raises(ValueError, match="grad_norm"):
+        monitor.observe({"loss": 1.0})
+
+
+def test_a_non_finite_value_alarms() -> None:
+    monitor = StabilityMonitor(["loss", "grad_norm", "lr"], calibration_updates=32)
+    feed(monitor, synthetic_run(0, length=100))
+    alarms = monitor.observe({"loss": math.nan, "grad_norm": 1.0, "lr": 1e-3})
+    assert any(a.detector == "loss spike" and a.score == math.inf for a in alarms)
+
+
+# -- acting ----------------------------------------------------------------------------------------
+class FakeRun:
+    """A live run of one number: snapshot/restore copy it; knobs are recorded."""
+
+    def __init__(self) -> None:
+        self.weights = 0.0
+        self.knobs: dict[str, float] = {}
+
+    def set_knob(self, name: str, value: float) -> None:
+        self.knobs[name] = value
+
+    def snapshot(self) -> float:
+        return self.weights
+
+    def restore(self, snapshot: float) -> None:
+        self.weights = snapshot
+
+
+class BackoffAndRollback:
+    """On an alarm: back the learning rate off and roll back, at most once per ``cooldown``
+    updates (the rule-based policy the acting tests use)."""
+
+    def __init__(self, factor: float = 0.01, cooldown: int = 10) -> None:
+        self.factor, self.cooldown = factor, cooldown
+
+    def reset(self) -> None:
+        self._last = -self.cooldown
+
+    def act(self, obs: Any, info: Mapping[str, Any]) -> dict[str, float]:
+        if info["alarm"] and info["updates"] - self._last >= self.cooldown:
+            self._last = info["updates"]
+            return {"lr_backoff": self.factor, "rollback": 1.0}
+        return {}
+
+
+def test_the_actor_backs_off_rolls_back_to_a_good_checkpoint_and_logs() -> None:
+    monitor = StabilityMonitor(["loss", "grad_norm", "lr"], calibration_updates=64)
+    actor = Actor(BackoffAndRollback(), duration=20, checkpoint_every=10)
+    run = FakeRun()
+    actions, weights = [], {}
+    for row in synthetic_run(0, length=320, onset=300):
+        run.weights += 1  # one update
+        weights[monitor.updates + 1] = run.weights
+        alarms = monitor.observe(row)
+        actions += actor.step(run, monitor, alarms, row)
+        weights[f"after {monitor.updates}"] = run.weights
+    at_onset = [a for a in actions if a.update == 301]
+    assert [(a.name, a.magnitude) for a in at_onset] == [("lr_backoff", 0.01), ("rollback", 1.0)]
+    # The good checkpoint predates the alarm by a quiet stretch: at most 300 - 10 updates in.
+    assert at_onset[1].detail is not None and 200 <= at_onset[1].detail <= 290
+    assert weights["after 301"] == weights[at_onset[1].detail]  # the run restored
+    assert run.knobs["lr_backoff"] == 0.01
+    assert actor.actions == actions and all(a.alarms for a in actions)
+
+
+def test_a_policy_outside_the_stabilizers_or_their_range_is_named() -> None:
+    class Shock:
+        def reset(self) -> None: ...
+
+        def act(self, obs: Any, info: Mapping[str, Any]) -> dict[str, float]:
+            return {"lr_shock": 10.0} if info["updates"] == 3 else {"lr_backoff": 2.0}
+
+    monitor = StabilityMonitor(["loss"], detectors=["loss spike"], calibration_updates=0)
+    actor = Actor(Shock())
+    row = {"loss": 1.0}
+    with pytest.raises(ValueError, match=r"lr_backoff.*\[0.01, 0.5\]"):
+        actor.step(FakeRun(), monitor, monitor.observe(row), row)
+
+
+def test_an_environment_action_is_decoded_with_its_spec() -> None:
+    from trainenv.core import interventions
+    from trainenv.core.actions import DiscreteMenu
+
+    spec = DiscreteMenu([interventions.get(n) for n in ("grad_clip", "rollback")], levels=2)
+
+    class MenuPolicy:  # answers like a controller built for a trainenv environment
+        def reset(self) -> None: ...
+
+        def act(self, obs: Any, info: Mapping[str, Any]) -> int:
+            return spec.index("grad_clip", 0.05)
+
+    monitor = StabilityMonitor(["loss"], detectors=["loss spike"], calibration_updates=0)
+    run = FakeRun()
+    row = {"loss": 1.0}
+    (action,) = Actor(MenuPolicy(), action_spec=spec).step(run, monitor, monitor.observe(row), row)
+    assert (action.name, action.magnitude, run.knobs["grad_clip"]) == ("grad_clip", 0.05, 0.05)
+
+
+def test_the_event_table_has_the_declared_schema(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from trainenv.monitor import Action, Alarm
+
+    log = EventLog(tmp_path / "monitor", "run-1")
+    row = {"loss": 2.0, "grad_norm": 9.0}
+    log.alarms([Alarm(5, "loss spike", "loss", 3.0, 0.5)], row, None, 4.0)
+    log.actions([Action(5, "rollback", 1.0, ("loss spike",), 0)], row)
+    table = pq.read_table(log.flush())
+    assert table.schema.equals(MONITOR_SCHEMA)
+    frame = table.to_pandas()
+    assert list(frame["kind"]) == ["alarm", "action"]
+    assert frame.loc[1, "checkpoint_update"] == 0 and dict(frame.loc[0, "telemetry"]) == row
+    with pytest.raises(ValueError, match="run_id"):
+        EventLog(tmp_path, "a/b")

@@ -1,0 +1,204 @@
+"""The monitor inside a transformers ``Trainer``: :class:`MonitorCallback`.
+
+Telemetry per optimizer update (the channels of trainenv's LM trainer, less ``val_loss``):
+
+=================  =========================================================================
+``train_loss``     the model's ``loss`` output, mean over the update's micro-batches, nats
+``grad_norm``      global L2 norm of the gradient before any clipping
+``update_ratio``   L2 norm of the update's weight change over the weight norm
+``weight_norm``    global L2 norm of the trainable weights
+``max_logit``      largest logit magnitude of the update's last micro-batch
+``token_entropy``  mean entropy of the next-token predictions, nats (on at most
+                   :data:`ENTROPY_POSITIONS` positions of the last micro-batch, evenly spaced)
+``lr``             learning rate in force (after any back-off)
+=================  =========================================================================
+
+Loss and logits come from a forward hook on the model (training mode only), so they need a
+model whose output has ``loss`` and ``logits`` (every transformers causal LM). The norms come
+from the ``on_pre_optimizer_step`` / ``on_optimizer_step`` hooks. The ``Trainer`` clips before
+any callback sees the gradient, so the callback takes its clipping over for the run: it sets
+``args.max_grad_norm`` to 0 at ``on_train_begin`` and clips to the same norm itself (restored
+at ``on_train_end``) — the same computation, done where the norm before clipping can be read.
+One process, no DeepSpeed/FSDP: a sharded gradient's norm is not the local one.
+
+Alarms and actions go to ``trainer.log`` (so TensorBoard, W&B... show them) when the callback
+was added with :meth:`MonitorCallback.attach`, and to the Parquet table when ``log_dir`` is set.
+
+Acting (off unless a ``policy`` is given): ``lr_backoff`` scales every parameter group's
+learning rate during the optimizer step (the scheduler's own value is restored right after,
+so any scheduler composes), ``grad_clip`` clips tighter than the recipe, ``rollback`` restores
+the weights and optimizer state of the last good in-memory checkpoint (not the data position
+or the scheduler: training continues on new batches at the scheduled learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils import parameters_to_vector
+from transformers import TrainerCallback
+
+from trainenv.monitor.actions import Policy
+from trainenv.monitor.adapter import Watch
+from trainenv.monitor.monitor import StabilityMonitor
+from trainenv.trainers.torch import clip_and_measure, clone_tree
+
+CHANNELS = ("train_loss", "grad_norm", "update_ratio", "weight_norm", "max_logit",
+            "token_entropy", "lr")  # fmt: skip
+ENTROPY_POSITIONS = 256  # enough for a mean entropy; a full-vocabulary softmax per token is not
+
+
+class _HFRun:
+    """The live run as the actor sees it: the model, its optimizer, the two knobs."""
+
+    def __init__(self) -> None:
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.knobs = {"lr_backoff": 1.0, "grad_clip": math.inf}
+
+    def set_knob(self, name: str, value: float) -> None:
+        self.knobs[name] = float(value)
+
+    def snapshot(self) -> Any:
+        assert self.model is not None and self.optimizer is not None
+        return clone_tree((self.model.state_dict(), self.optimizer.state_dict()))
+
+    def restore(self, snapshot: Any) -> None:
+        assert self.model is not None and self.optimizer is not None
+        weights, optimizer = clone_tree(snapshot)
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
+
+
+class MonitorCallback(TrainerCallback):
+    """A transformers ``TrainerCallback`` that feeds a :class:`StabilityMonitor` every update.
+
+    Args:
+        monitor: The monitor; default ``StabilityMonitor(CHANNELS)`` (live calibration on the
+            first 64 updates).
+        policy: Acting is off unless given (see :mod:`trainenv.monitor.actions`).
+        log_dir: Folder of the Parquet event table; ``run_id`` names the run in it.
+        actor_kwargs: ``action_spec``, ``duration``, ``checkpoint_every`` of the actor.
+
+    Attributes:
+        watch: The monitor, actor and event log (``watch.alarms``, ``watch.actions``).
+        rows: Every update's telemetry row, when ``keep_rows`` (for calibration runs).
+    """
+
+    def __init__(
+        self,
+        monitor: StabilityMonitor | None = None,
+        policy: Policy | None = None,
+        log_dir: str | Path | None = None,
+        run_id: str = "run",
+        keep_rows: bool = False,
+        **actor_kwargs: Any,
+    ) -> None:
+        monitor = monitor or StabilityMonitor(CHANNELS)
+        missing = [c for c in monitor.channels if c not in CHANNELS]
+        if missing:
+            raise ValueError(f"monitor: channels {missing} are not recorded here; use {CHANNELS}")
+        self.watch = Watch(monitor, policy, log_dir, run_id, **actor_kwargs)
+        self.rows: list[dict[str, float]] | None = [] if keep_rows else None
+        self._run = _HFRun()
+        self._trainer: Any = None
+        self._pending: dict[str, float] = {}
+        self._recipe_clip = math.inf
+        self._losses: list[torch.Tensor] = []
+        self._logits = (0.0, 0.0)
+        self._weights: torch.Tensor | None = None
+        self._saved_lrs: list[float] = []
+        self._hook: Any = None
+        self._row: dict[str, float] = {}
+
+    def attach(self, trainer: Any) -> MonitorCallback:
+        """Add to ``trainer`` and log alarms and actions through ``trainer.log``."""
+        trainer.add_callback(self)
+        self._trainer = trainer
+        return self
+
+    # -- transformers hooks ---------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model, self._run.optimizer = kwargs["model"], kwargs["optimizer"]
+        self._run.model = model
+        self._recipe_clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+        args.max_grad_norm = 0.0  # the callback clips (same norm), after reading the norm
+        self._hook = model.register_forward_hook(self._forward)
+        self._weights = self._vector()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        run = self._run
+        params = [p for p in run.model.parameters() if p.requires_grad]  # type: ignore[union-attr]
+        clip = min(self._recipe_clip, run.knobs["grad_clip"])
+        grad_norm = clip_and_measure(params, clip)
+        groups = run.optimizer.param_groups  # type: ignore[union-attr]
+        self._saved_lrs = [group["lr"] for group in groups]
+        for group in groups:
+            group["lr"] = group["lr"] * run.knobs["lr_backoff"]
+        loss = torch.stack(self._losses).mean() if self._losses else torch.tensor(math.nan)
+        self._losses.clear()
+        self._row = {"train_loss": float(loss), "grad_norm": grad_norm,
+                     "max_logit": self._logits[0], "token_entropy": self._logits[1],
+                     "lr": float(groups[0]["lr"])}  # fmt: skip
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for group, lr in zip(self._run.optimizer.param_groups, self._saved_lrs):  # type: ignore[union-attr]
+            group["lr"] = lr  # the scheduler's value: the back-off lasts one step at a time
+        before, self._weights = self._weights, self._vector()
+        weight_norm = float(self._weights.norm())
+        change = float((self._weights - before).norm()) if before is not None else 0.0
+        self._row["weight_norm"] = weight_norm
+        self._row["update_ratio"] = change / max(weight_norm, 1e-12)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        row = self._row
+        if self.rows is not None:
+            self.rows.append(dict(row))
+        _, actions, logs = self.watch.after_update(row, self._run)
+        if any(action.name == "rollback" for action in actions):
+            self._weights = self._vector()
+        if logs and self._trainer is not None:
+            self._trainer.log(logs)
+        elif logs:
+            self._pending.update(logs)  # into the next on_log's logs (later callbacks see them)
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: Mapping[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if self._pending and isinstance(logs, dict):
+            logs.update(self._pending)
+            self._pending = {}
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        args.max_grad_norm = 0.0 if math.isinf(self._recipe_clip) else self._recipe_clip
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.watch.flush()
+
+    # -- telemetry --------------------------------------------------------------------------------
+    def _forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if not module.training:
+            return  # evaluation passes are not updates
+        loss, logits = getattr(output, "loss", None), getattr(output, "logits", None)
+        if loss is None or logits is None:
+            raise ValueError(
+                "MonitorCallback needs a model whose output has loss and logits (pass labels)"
+            )
+        self._losses.append(loss.detach())
+        with torch.no_grad():
+            flat = logits.detach().flatten(0, -2)
+            max_logit = max(abs(float(v)) for v in torch.aminmax(flat))
+            sample = flat[:: max(1, len(flat) // ENTROPY_POSITIONS)].float()
+            log_probs = torch.log_softmax(sample, dim=-1)
+            entropy = -float((log_probs.exp() * log_probs).sum()) / len(sample)
+        self._logits = (max_logit, entropy)
+
+    def _vector(self) -> torch.Tensor:
+        params = [p for p in self._run.model.parameters() if p.requires_grad]  # type: ignore[union-attr]
+        return parameters_to_vector(params).detach()
