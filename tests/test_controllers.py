@@ -35,8 +35,8 @@ from agents.train_controller import (
     load_config,
 )
 from agents.train_controller import main as train_main
-from trainenv.audit.report import summarize
 from trainenv.audit.store import ResultStore
+from trainenv.audit.summary import summarize
 from trainenv.cli import main as cli_main
 
 ENV = "trainenv/Digits-MLP-v0"
