@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from trainenv.core.collapse import CollapseRule, CollapseState
 from trainenv.monitor import (
@@ -228,3 +229,164 @@ def test_the_event_table_has_the_declared_schema(tmp_path: Any) -> None:
     assert frame.loc[1, "checkpoint_update"] == 0 and dict(frame.loc[0, "telemetry"]) == row
     with pytest.raises(ValueError, match="run_id"):
         EventLog(tmp_path, "a/b")
+
+
+# -- transformers Trainer: a tiny GPT-2 with a planted learning-rate blow-up ----------------------
+LM_ONSET, LM_UPDATES, LM_EVAL = 100, 160, 5  # blow-up from update 101; eval every 5 updates
+LM_RULE = CollapseRule()  # on p = 1 - eval_loss / ln(256): negative validation loss, normalised
+
+
+def lm_run(blow_up: float | None, policy: Any = None) -> tuple[Any, list[tuple[int, float]]]:
+    """Train a 2-layer, 64-wide GPT-2 (byte vocabulary) on in-memory text with transformers'
+    Trainer, the learning rate multiplied by ``blow_up`` from update ``LM_ONSET + 1`` on; the
+    callback and the normalised performance after every evaluation."""
+    import pydoc_data.topics
+
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from trainenv.monitor import MonitorCallback
+
+    text = "".join(pydoc_data.topics.topics.values())[:60_000]
+    tokens = torch.tensor(list(text.encode()))
+
+    class Windows(torch.utils.data.Dataset):
+        def __init__(self, n: int, offset: int) -> None:
+            self.n, self.offset = n, offset
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            x = tokens[self.offset + 29 * i : self.offset + 29 * i + 32]
+            return {"input_ids": x, "labels": x}
+
+    class BlowUp(TrainerCallback):
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if blow_up is not None and state.global_step >= LM_ONSET:
+                for group in kw["optimizer"].param_groups:
+                    group["lr"] *= blow_up
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=256, n_positions=32, n_embd=64, n_layer=2, n_head=2)
+    args = TrainingArguments(
+        output_dir="unused", per_device_train_batch_size=8, per_device_eval_batch_size=8,
+        max_steps=LM_UPDATES, learning_rate=3e-3, lr_scheduler_type="constant",
+        eval_strategy="steps", eval_steps=LM_EVAL, logging_steps=LM_UPDATES, save_strategy="no",
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    held_out = Windows(8, len(tokens) - 300)
+    trainer = Trainer(model=GPT2LMHeadModel(config), args=args,
+                      train_dataset=Windows(2000, 0), eval_dataset=held_out)  # fmt: skip
+    monitor = StabilityMonitor(MonitorCallback.CHANNELS, calibration_updates=48,
+                               false_alarm_rate=RATE)  # fmt: skip
+    # The planted blow-up lasts to the end, so a back-off must too (duration: the whole run).
+    callback = MonitorCallback(monitor, policy=policy, duration=LM_UPDATES, checkpoint_every=10)
+    callback.attach(trainer)
+    trainer.add_callback(BlowUp())
+    trainer.train()
+    performance = [(h["step"], 1 - h["eval_loss"] / math.log(256))
+                   for h in trainer.state.log_history if "eval_loss" in h]  # fmt: skip
+    return callback, performance
+
+
+@pytest.mark.slow
+def test_transformers_trainer_alarms_before_the_collapse_rule_fires() -> None:
+    callback, performance = lm_run(blow_up=100.0)
+    collapse = collapse_update(performance, LM_RULE)
+    assert collapse is not None and collapse > LM_ONSET
+    alarms = callback.watch.alarms
+    first = min(a.update for a in alarms if a.update > LM_ONSET)
+    assert first < collapse
+    assert alarm_rate([a for a in alarms if a.update <= LM_ONSET], LM_ONSET) <= 2 * RATE
+    logged = [h for h in callback._trainer.state.log_history if "monitor/alarms" in h]
+    assert logged and logged[0]["step"] == min(a.update for a in alarms)  # trainer.log got it
+
+
+@pytest.mark.slow
+def test_transformers_trainer_unperturbed_stays_within_the_false_alarm_rate() -> None:
+    callback, performance = lm_run(blow_up=None)
+    assert collapse_update(performance, LM_RULE) is None
+    assert alarm_rate(callback.watch.alarms, LM_UPDATES) <= 2 * RATE
+
+
+@pytest.mark.slow
+def test_transformers_trainer_backoff_and_rollback_prevent_the_collapse() -> None:
+    callback, performance = lm_run(blow_up=100.0, policy=BackoffAndRollback())
+    assert collapse_update(performance, LM_RULE) is None
+    names = [a.name for a in callback.watch.actions]
+    assert "lr_backoff" in names and "rollback" in names
+    best = max(p for _, p in performance)
+    assert performance[-1][1] >= 0.9 * best
+
+
+# -- stable-baselines3: CartPole PPO with a planted learning-rate blow-up -------------------------
+RL_ONSET, RL_UPDATES = 60, 90  # blow-up from update 61 (a rollout of 8 x 32 steps + training)
+RL_RULE = CollapseRule()  # on p = mean return of the last 10 episodes / 500
+
+
+def ppo_run(blow_up: float | None, policy: Any = None) -> tuple[Any, list[tuple[int, float]]]:
+    """CartPole PPO (RL Zoo recipe), the learning rate multiplied by ``blow_up`` from update
+    ``RL_ONSET + 1`` on; the callback and the normalised performance after every update."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from trainenv.monitor import SB3MonitorCallback
+
+    class BlowUp(BaseCallback):
+        def _init_callback(self) -> None:
+            schedule = self.model.lr_schedule
+            self.model.lr_schedule = lambda progress: schedule(progress) * self.factor
+            self.factor = 1.0
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_start(self) -> None:
+            updates = self.model._n_updates // self.model.n_epochs
+            if blow_up is not None and updates >= RL_ONSET:
+                self.factor = blow_up
+
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, n_epochs=20, gae_lambda=0.8,
+                gamma=0.98, learning_rate=1e-3, ent_coef=0.0, seed=0, device="cpu")  # fmt: skip
+    channels = SB3MonitorCallback.channels_of(model)
+    monitor = StabilityMonitor(channels, detectors=SB3MonitorCallback.DETECTORS,
+                               calibration_updates=32, false_alarm_rate=RATE)  # fmt: skip
+    callback = SB3MonitorCallback(monitor, policy=policy, keep_rows=True,
+                                  duration=RL_UPDATES, checkpoint_every=5)  # fmt: skip
+    model.learn(RL_UPDATES * 256, callback=[BlowUp(), callback])
+    performance = [(u + 1, row["episode_return"] / 500) for u, row in enumerate(callback.rows)]
+    return callback, performance
+
+
+@pytest.mark.slow
+def test_sb3_ppo_alarms_before_the_collapse_rule_fires() -> None:
+    callback, performance = ppo_run(blow_up=100.0)
+    collapse = collapse_update(performance, RL_RULE)
+    assert collapse is not None and collapse > RL_ONSET
+    alarms = callback.watch.alarms
+    assert min(a.update for a in alarms if a.update > RL_ONSET) < collapse
+    assert alarm_rate([a for a in alarms if a.update <= RL_ONSET], RL_ONSET) <= 2 * RATE
+
+
+@pytest.mark.slow
+def test_sb3_ppo_unperturbed_stays_within_the_false_alarm_rate() -> None:
+    callback, performance = ppo_run(blow_up=None)
+    assert collapse_update(performance, RL_RULE) is None
+    assert alarm_rate(callback.watch.alarms, RL_UPDATES) <= 2 * RATE
+
+
+@pytest.mark.slow
+def test_sb3_ppo_backoff_and_rollback_prevent_the_collapse() -> None:
+    callback, performance = ppo_run(blow_up=100.0, policy=BackoffAndRollback())
+    assert collapse_update(performance, RL_RULE) is None
+    names = [a.name for a in callback.watch.actions]
+    assert "lr_backoff" in names and "rollback" in names
+    assert performance[-1][1] >= 0.9 * max(p for _, p in performance)  # still learning

@@ -85,9 +85,12 @@ class MonitorCallback(TrainerCallback):
         actor_kwargs: ``action_spec``, ``duration``, ``checkpoint_every`` of the actor.
 
     Attributes:
+        CHANNELS: The channels recorded (the module's :data:`CHANNELS`).
         watch: The monitor, actor and event log (``watch.alarms``, ``watch.actions``).
         rows: Every update's telemetry row, when ``keep_rows`` (for calibration runs).
     """
+
+    CHANNELS = CHANNELS
 
     def __init__(
         self,

@@ -39,6 +39,9 @@ from trainenv.trainers.sb3_settings import COMMON_CHANNELS, loss_channels_of
 from trainenv.trainers.torch import clone_tree
 
 RETURN_EPISODES = 10  # episodes averaged into episode_return, as the trainer's default
+DETECTORS = ("self-deviation", "grad-norm z-score")
+"""The default detectors: not the loss ones, since an RL loss tracks its value targets, which
+grow as the policy improves (PPO's loss spikes on CartPole as returns rise, with no harm done)."""
 
 
 def channels_of(model: Any) -> tuple[str, ...]:
@@ -76,13 +79,17 @@ class SB3MonitorCallback(BaseCallback):
     """A stable-baselines3 callback that feeds a :class:`StabilityMonitor` every update.
 
     Args:
-        monitor: The monitor; default ``StabilityMonitor(channels_of(model))`` (live
-            calibration on the first 64 updates) built when ``learn`` starts.
+        monitor: The monitor; default ``StabilityMonitor(channels_of(model),
+            detectors=DETECTORS)`` (live calibration on the first 64 updates) built when
+            ``learn`` starts.
         policy: Acting is off unless given (see :mod:`trainenv.monitor.actions`).
         log_dir: Folder of the Parquet event table; ``run_id`` names the run in it.
         keep_rows: Keep every update's row in :attr:`rows` (for calibration runs).
         actor_kwargs: ``action_spec``, ``duration``, ``checkpoint_every`` of the actor.
     """
+
+    channels_of = staticmethod(channels_of)
+    DETECTORS = DETECTORS
 
     def __init__(
         self,
@@ -102,7 +109,7 @@ class SB3MonitorCallback(BaseCallback):
         model = self.model
         monitor, policy, log_dir, run_id, actor_kwargs = self._settings
         channels = channels_of(model)
-        monitor = monitor or StabilityMonitor(channels)
+        monitor = monitor or StabilityMonitor(channels, detectors=DETECTORS)
         missing = [c for c in monitor.channels if c not in channels]
         if missing:
             raise ValueError(f"monitor: channels {missing} are not recorded here; use {channels}")
