@@ -1,6 +1,7 @@
 """The layers hold: every import in trainenv/ and agents/ read with ``ast`` (inside functions
 too), checked against core < trainers < env < (audit, multiagent, calibration, docs) < warning
-< findings < cli, and agents/ against the ``__all__`` of the trainenv packages it uses."""
+< (findings, monitor) < cli, that trainenv never imports agents, and agents/ against the
+``__all__`` of the trainenv packages it uses."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ FLOORS = {  # module prefix -> floor; the longest matching prefix wins
     "trainenv.docs": 3,
     "trainenv.warning": 4,  # uses the audit's task runner, store and bootstrap
     "trainenv.findings": 5,
+    "trainenv.monitor": 5,  # users' own training loops: above warning, below cli
     "trainenv.cli": 6,
 }
 PUBLIC = ("trainenv", "trainenv.trainers", "trainenv.audit", "trainenv.warning",
@@ -98,6 +100,15 @@ def test_no_lower_layer_imports_a_higher_one(path: Path) -> None:
     here = module_name(path)
     wrong = upward(path.read_text(), here, is_package=path.name == "__init__.py")
     assert not wrong, f"{here} (floor {floor(here)}) imports a higher floor: {wrong}"
+
+
+@pytest.mark.parametrize("path", modules("trainenv"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_trainenv_never_imports_agents(path: Path) -> None:
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    wrong = [f"line {line}: {module}" for line, module, _ in imports(path.read_text(), package)
+             if module.split(".")[0] == "agents"]  # fmt: skip
+    assert not wrong, f"{path.name} imports agents (policies are passed in by users): {wrong}"
 
 
 @pytest.mark.parametrize("path", modules("agents"), ids=lambda p: str(p.relative_to(ROOT)))
