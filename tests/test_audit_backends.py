@@ -46,7 +46,8 @@ def test_ray_matches_serial(serial: ResultStore, tmp_path: Path) -> None:
 
 
 def test_unknown_backend_and_bad_worker_counts_are_rejected() -> None:
-    with pytest.raises(ValueError, match=r"backend must be one of \['serial', 'process', 'ray'\]"):
+    names = r"\['population', 'serial', 'process', 'ray'\]"
+    with pytest.raises(ValueError, match=rf"backend must be one of {names}"):
         make_backend("slurm", 2)
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         make_backend("process", 0)

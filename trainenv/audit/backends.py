@@ -8,6 +8,8 @@
   however it ends: ``PR_SET_PDEATHSIG`` on Linux and a watchdog thread everywhere. They ignore
   SIGINT (Ctrl-C reaches the whole process group): this process stops them, at once, when it
   leaves the backend with an exception.
+- ``population``: the audit packs its runs into populations (:mod:`trainenv.audit.population`)
+  and runs each batch in this process (one worker) or in a ``process`` pool (several).
 - ``ray``: Ray tasks, on a local Ray instance or a cluster (``address``); needs the optional
   extra ``trainenv[ray]``, and ``trainenv`` installed on every node.
 
@@ -33,7 +35,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-BACKENDS = ("serial", "process", "ray")
+BACKENDS = ("auto", "population", "serial", "process", "ray")
+"""Backend names; ``auto`` is resolved by the plan (``AuditPlan.resolved_backend``)."""
 
 
 WATCHDOG_SECONDS = 1.0  # how often a worker checks that its parent is alive
@@ -212,10 +215,12 @@ def make_backend(name: str, workers: int, address: str | None = None) -> Backend
     """The backend called ``name`` (one of :data:`BACKENDS`) with ``workers`` workers."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if name == "serial":
+    if name == "serial" or (name == "population" and workers == 1):
         return SerialBackend()
+    if name == "population":
+        return ProcessBackend(workers)
     if name == "process":
         return ProcessBackend(workers)
     if name == "ray":
         return RayBackend(workers, address)
-    raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+    raise ValueError(f"backend must be one of {list(BACKENDS[1:])}, got {name!r}")

@@ -12,7 +12,7 @@ A plan is a pydantic model, written in Python or YAML::
     horizon: 20           # steps compared after the onset
     seeds: 4              # or a list of seeds
     tolerance: 0.05       # recovery band below the unperturbed branch, in units of p
-    backend: process      # serial | process | ray
+    backend: auto         # population | serial | process | ray; auto: population if it can
     workers: 2
 
 Validation happens in two stages, both before any run: the model itself checks names,
@@ -58,7 +58,7 @@ from trainenv.core.interventions import Intervention, Role
 if TYPE_CHECKING:
     from trainenv.env import TrainEnv
 
-BackendName = Literal["serial", "process", "ray"]  # see trainenv.audit.backends.BACKENDS
+BackendName = Literal["auto", "population", "serial", "process", "ray"]  # see audit.backends
 RESERVED_ENV_KWARGS = ("action_mode", "interventions")  # the audit drives the action space
 DEFAULT_ENV = "trainenv/CartPole-PPO-v0"
 SHORTHAND_FIELDS = ("env", "env_kwargs", "stabilizers")  # a plan's one-recipe form
@@ -143,6 +143,12 @@ class Recipe(BaseModel):
         """What identifies the recipe's runs (for run ids)."""
         return self.model_dump(mode="json")
 
+    def has_population(self) -> bool:
+        """Whether the recipe's env has a population form (a vector entry point)."""
+        import gymnasium as gym
+
+        return gym.spec(self.env).vector_entry_point is not None
+
     def make_env(self, interventions: list[str] | None) -> TrainEnv:
         """The recipe's environment with continuous actions over ``interventions``
         (``None``: all its trainer supports)."""
@@ -208,8 +214,11 @@ class AuditPlan(BaseModel):
         horizon: Steps after the onset over which the branches are compared.
         seeds: Run seeds (an integer ``n`` means ``0..n-1``).
         tolerance: Recovery band below the unperturbed branch, in units of normalised ``p``.
-        backend: ``serial``, ``process`` (local processes) or ``ray``.
-        workers: Parallel workers (process backend; default: the CPU count).
+        backend: ``population`` (each seed's and onset's runs, several seeds at once, train
+            as members of populations; needs every recipe's env to have a population form),
+            ``serial``, ``process`` (local processes, one run each) or ``ray``; ``auto`` (the
+            default): ``population`` where every recipe's env has one, else ``process``.
+        workers: Parallel workers (process and population backends; default: the CPU count).
         address: Ray cluster address (``None``: a local Ray instance).
     """
 
@@ -221,7 +230,7 @@ class AuditPlan(BaseModel):
     horizon: int = Field(ge=1)
     seeds: tuple[int, ...] = Field(min_length=1)
     tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
-    backend: BackendName = "process"
+    backend: BackendName = "auto"
     workers: int | None = Field(default=None, ge=1)
     address: str | None = None
 
@@ -340,6 +349,21 @@ class AuditPlan(BaseModel):
 
     def resolved_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    def resolved_backend(self, backend: str | None = None) -> str:
+        """The backend that runs: ``backend`` (else the plan's), with ``auto`` resolved;
+        ``ValueError`` for ``population`` where a recipe's env has no population form."""
+        name = backend or self.backend
+        populations = all(r.has_population() for r in self.recipes)
+        if name == "auto":
+            return "population" if populations else "process"
+        if name == "population" and not populations:
+            missing = sorted({r.env for r in self.recipes if not r.has_population()})
+            raise ValueError(
+                f"backend 'population' needs envs with a population form; {missing} have none "
+                "(use backend 'process')"
+            )
+        return name
 
 
 def plan_errors(error: ValidationError, data: Any, source: str = "plan") -> str:

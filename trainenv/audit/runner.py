@@ -283,25 +283,31 @@ def run_audit(
     Args:
         plan: The plan; checked against the environments before anything runs.
         out: Output directory.
-        backend, workers, address: Override the plan's execution settings.
+        backend, workers, address: Override the plan's execution settings (``backend``:
+            one of :data:`~trainenv.audit.backends.BACKENDS`; ``population`` packs the runs
+            into populations, see :mod:`trainenv.audit.population`).
         progress: False hides the progress display (see :func:`~trainenv.audit.tasks.run_tasks`).
         on_record: Called with each run as it is stored.
         flush_seconds: Finished runs are written in batches at least this often (of at most
             :data:`~trainenv.audit.store.BATCH_RUNS` runs, and on exit); ``kill -9`` loses at
             most these and the runs in flight. 0 writes each run as it finishes.
     """
-    pool = make_backend(
-        backend or plan.backend,
-        plan.resolved_workers() if workers is None else workers,
-        address or plan.address,
-    )
+    name = plan.resolved_backend(backend)
+    workers = plan.resolved_workers() if workers is None else workers
+    pool = make_backend(name, workers, address or plan.address)
     plan.check()
     store = ResultStore(out, batch_runs=BATCH_RUNS, flush_seconds=flush_seconds)
     with store:  # locks ``out``; on leaving, however, writes the last batch and unlocks
         (store.root / "plan.yaml").write_text(plan.to_yaml())
         groups = plan_groups(plan, store.finished())
         pending = sum(g.n_runs for g in groups)
-        run_tasks(run_group, groups, store, list, backend=pool, total=plan.n_runs,
+        fn: Callable[[Any], list[RunRecord]] = run_group
+        tasks: list[Any] = groups
+        if name == "population":
+            from trainenv.audit.population import pack, run_batch
+
+            fn, tasks = run_batch, pack(groups, workers)
+        run_tasks(fn, tasks, store, list, backend=pool, total=plan.n_runs,
                   done=plan.n_runs - pending, desc="audit", progress=progress,
                   on_record=on_record)  # fmt: skip
     return store

@@ -230,15 +230,32 @@ class PopulationVectorEnv(VectorEnv):
         applied = [self.settings.validated(m) for m in interventions]
         return self._advance([{} if p else a for p, a in zip(pending, applied)], pending)
 
-    def fork_member(self, src: int, dst: int) -> None:
+    def fork_member(self, src: int, dst: int, source: PopulationVectorEnv | None = None) -> None:
         """Slot ``dst`` continues from exactly member ``src``'s state: the run (weights,
         optimizer, inner env, every generator) and the episode (steps, knob schedule,
         checkpoint, telemetry window, collapse and reward memory). Continued with the same
-        actions, ``dst`` reproduces ``src``'s continuation."""
-        self.population.copy_member(src, dst)  # validates both indices
-        if src != dst:
-            self._episodes[dst] = self._episodes[src].moved_to(self.members[dst])
-            self._obs[dst] = self._obs[src]
+        actions, ``dst`` reproduces ``src``'s continuation.
+
+        ``source``: take member ``src`` of another env of the same recipe and keywords (e.g.
+        a smaller population that ran a shared prefix); this env must have been reset.
+        """
+        if source is None or source is self:
+            self.population.copy_member(src, dst)  # validates both indices
+            if src == dst:
+                return
+            origin = self
+        else:
+            if type(source.population) is not type(self.population):
+                raise ValueError(
+                    f"source must hold a {type(self.population).__name__}, "
+                    f"got {type(source.population).__name__}"
+                )
+            if not self._reset_once:
+                raise RuntimeError("call reset() before fork_member(..., source=...)")
+            self.population.restore(dst, source.population.snapshot(src))  # validates both
+            origin = source
+        self._episodes[dst] = origin._episodes[src].moved_to(self.members[dst])
+        self._obs[dst] = origin._obs[src]
 
     # -- internals ------------------------------------------------------------------------------
     def _advance(self, applied: list[Magnitudes], pending: np.ndarray) -> VectorStep:
