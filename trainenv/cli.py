@@ -2,7 +2,8 @@
 
 ::
 
-    trainenv audit [PLAN] [--out DIR] [--backend serial|process|ray] [--workers N] [--address A]
+    trainenv audit [PLAN] [--out DIR] [--backend auto|population|serial|process|ray] [--workers N]
+                   [--address A]
     trainenv report DIR
     trainenv list
     trainenv calibrate ENV_ID [--seeds N] [--window W] [--radius R] [--out FILE]
@@ -73,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _out_folder(audit, "audit")
     audit.add_argument(
-        "--backend", choices=BACKENDS, help="where runs execute (default: the plan's, else process)"
+        "--backend",
+        choices=BACKENDS,
+        help="where runs execute (default: the plan's, else auto: population where possible)",
     )
     audit.add_argument(
         "--workers",
