@@ -1,64 +1,97 @@
-"""Audit throughput: runs per minute of a fixed small Digits plan, by backend, side by side.
+"""Audit throughput: the per-run ``process`` backend against the ``population`` backend, side by
+side on the main job and on ``examples/plans/digits_quick.yaml``, with both margin profiles.
 
-The plan: ``trainenv/Digits-MLP-v0``, 8 seeds, one onset (10 steps), horizon 20, lr_shock and
-weight_noise at 3 magnitudes each: 8 groups of 1 unperturbed + 6 perturbed runs (56 runs).
-Each backend audits it from scratch into a fresh directory; the time includes starting the
-workers (and Ray), which a real audit pays once too. Runs per minute = 56 / minutes.
+The main job is ``trainenv audit`` without a plan (:func:`~trainenv.audit.plan.default_plan`:
+CartPole PPO, 5 seeds x 13 runs). Each plan is audited from scratch into a fresh directory by
+each backend (same worker count, start-up included), one after the other; the ratio is
+process wall time / population wall time (target, issue 11: >= 4x). Then each backend's margin
+profile (per recipe and dimension: the margin's position in the magnitude range with its
+bootstrap interval) is printed side by side, with whether the two intervals overlap.
 
-    python benchmarks/audit_throughput.py [--backends serial process-1 process-2 ray-2]
+    python benchmarks/audit_throughput.py [--plans main digits] [--workers 2] [--seeds N]
 
-Run it on an otherwise idle machine: the numbers are only comparable under the same load.
+``--seeds`` replaces the plans' seeds (0..N-1), e.g. a quicker check with fewer. Compare
+numbers measured under the same load only.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
+from pathlib import Path
 
-from trainenv.audit.plan import AuditPlan
+import torch
+
+from trainenv.audit.plan import AuditPlan, default_plan
 from trainenv.audit.runner import run_audit
+from trainenv.audit.summary import summarize
 
-PLAN = AuditPlan.model_validate(
-    {
-        "env": "trainenv/Digits-MLP-v0",
-        "interventions": [
-            {"name": "lr_shock", "magnitudes": [10, 100, 1000]},
-            {"name": "weight_noise", "magnitudes": [0.3, 1, 3]},
-        ],
-        "onsets": [10],
-        "horizon": 20,
-        "seeds": 8,
-    }
-)
-# name -> (backend, workers)
-CASES = {
-    "serial": ("serial", 1),
-    "process-1": ("process", 1),
-    "process-2": ("process", 2),
-    "ray-2": ("ray", 2),
+PLANS = {
+    "main": default_plan,
+    "digits": lambda: AuditPlan.from_yaml(
+        Path(__file__).parents[1] / "examples" / "plans" / "digits_quick.yaml"
+    ),
 }
+BACKENDS = ("process", "population")
 
 
-def seconds(backend: str, workers: int) -> float:
-    """Wall time of the whole audit, worker start-up included."""
+def audit(plan: AuditPlan, backend: str, workers: int) -> tuple[float, object]:
+    """Wall seconds of the whole audit (workers' start-up included) and its summary."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        run_audit(PLAN, out, backend=backend, workers=workers, progress=False)
-        return time.perf_counter() - start
+        store = run_audit(plan, out, backend=backend, workers=workers, progress=False)
+        seconds = time.perf_counter() - start
+        return seconds, summarize(store.runs())
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> str:
+    if any(math.isnan(x) for x in (*a, *b)):
+        return "n/a"
+    return "yes" if a[0] <= b[1] and b[0] <= a[1] else "NO"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--plans", nargs="+", choices=list(PLANS), default=list(PLANS))
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seeds", type=int, help="replace the plans' seeds with 0..N-1")
     args = parser.parse_args()
-    print(f"plan: {PLAN.n_runs} runs; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
-    results = {name: seconds(*CASES[name]) for name in args.backends}
-    width = max(len(n) for n in results)
-    for name, wall in results.items():
-        print(f"{name.ljust(width)}  {PLAN.n_runs / wall * 60:7.1f} runs/min  ({wall:.1f} s)")
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    torch.set_num_threads(1)
+    print(f"{os.cpu_count()} CPUs, {args.workers} workers; load {os.getloadavg()[0]:.2f}")
+    ratios = {}
+    for name in args.plans:
+        plan = PLANS[name]()
+        if args.seeds:
+            plan = plan.model_copy(update={"seeds": tuple(range(args.seeds))})
+        results = {b: audit(plan, b, args.workers) for b in BACKENDS}
+        ratios[name] = results["process"][0] / results["population"][0]
+        print(f"\n{name}: {plan.n_runs} runs")
+        for backend, (seconds, _) in results.items():
+            print(f"  {backend:10s} {seconds:7.1f} s  {plan.n_runs / seconds * 60:7.1f} runs/min")
+        print("  margin position [CI] by dimension: process | population | overlap")
+        profiles = {
+            b: s.profile.set_index(["recipe", "dimension"]) for b, (_, s) in results.items()
+        }  # type: ignore[attr-defined]
+        for key, row in profiles["process"].iterrows():
+            other = profiles["population"].loc[key] if key in profiles["population"].index else None
+            cells = [f"{row.position:.2f} [{row.position_lo:.2f}, {row.position_hi:.2f}]"]
+            if other is None:
+                cells.append("missing")
+                verdict = "n/a"
+            else:
+                cells.append(
+                    f"{other.position:.2f} [{other.position_lo:.2f}, {other.position_hi:.2f}]"
+                )
+                verdict = overlap(
+                    (row.position_lo, row.position_hi), (other.position_lo, other.position_hi)
+                )
+            print(f"  {key[0]:>22s} {key[1]:13s} {cells[0]:22s} | {cells[1]:22s} | {verdict}")
+    print(f"\nload after: {os.getloadavg()[0]:.2f}")
+    for name, ratio in ratios.items():
+        print(f"speedup {name} population vs process: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
