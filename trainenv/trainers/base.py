@@ -105,7 +105,10 @@ class Trainer(abc.ABC):
     perturbation generators, and wraps them around ``_state`` in :meth:`snapshot`.
 
     A subclass sets whatever its declaration depends on (its settings) before calling
-    ``super().__init__()``.
+    ``super().__init__()``. Torch work in its constructor (building a dataset) runs under
+    ``torch_threads(self.num_threads)``, like the run's: in a worker process forked after the
+    parent ran a parallel region (``gymnasium.make_vec(..., vectorization_mode="async")``), a
+    multi-threaded op deadlocks in GNU OpenMP.
 
     Args:
         num_threads: Torch threads for the run's work (see :attr:`num_threads`).
@@ -235,13 +238,15 @@ class Trainer(abc.ABC):
         """A copy of the run's whole state: the base's (knobs, update count, the run's RNG
         states, perturbation generators) around the subclass's :meth:`_state`."""
         rng = self._require_run()
+        with torch_threads(self._num_threads):  # copying tensors is torch work too
+            run = self._state()
         return Snapshot(
             seed=self.seed,
             updates=self.updates,
             knobs=dict(self._knobs),
             rng=copy.copy(rng),  # its states are replaced, never mutated: share them
             perturbation_rngs=copy.deepcopy(self._perturbation_rngs),
-            run=self._state(),
+            run=run,
         )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -249,7 +254,8 @@ class Trainer(abc.ABC):
         if not isinstance(snapshot, Snapshot):
             raise ValueError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
         self._require_run()
-        self._load_state(snapshot.run)
+        with torch_threads(self._num_threads):
+            self._load_state(snapshot.run)
         self.seed, self.updates, self._knobs = snapshot.seed, snapshot.updates, dict(snapshot.knobs)
         self._rng = copy.copy(snapshot.rng)
         self._perturbation_rngs = copy.deepcopy(dict(snapshot.perturbation_rngs))
@@ -257,7 +263,8 @@ class Trainer(abc.ABC):
     def fork(self) -> Trainer:
         """An independent trainer continuing from exactly this run's state."""
         memo = {id(obj): obj for obj in self._shared()}
-        return copy.deepcopy(self, memo)
+        with torch_threads(self._num_threads):
+            return copy.deepcopy(self, memo)
 
     # -- knobs and events ---------------------------------------------------------------------
     @property

@@ -27,7 +27,7 @@ from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import torch_generator
 from trainenv.core.telemetry import ChannelSpec
-from trainenv.trainers.base import TrainerSpec, check_positive_int
+from trainenv.trainers.base import TrainerSpec, check_positive_int, torch_threads
 from trainenv.trainers.lm_corpus import (
     BYTE_VOCAB,
     Corpus,
@@ -37,7 +37,6 @@ from trainenv.trainers.lm_corpus import (
 )
 from trainenv.trainers.torch import (
     TorchTrainer,
-    check_device,
     isolated_global_rng,
     rescale_weights,
 )
@@ -163,14 +162,14 @@ class CausalLMTrainer(TorchTrainer):
         self._template = None if model is None else _checked_model(model, seq_len, tokenizer)
         self.dropout = float(dropout)
         self._n_tokens = BYTE_VOCAB if tokenizer is None else len(tokenizer)
-        self._data = Corpus(documents(text, "text") if text is not None else pydoc_texts(),
-                            tokenizer, seq_len + 1)  # fmt: skip
-        shift = documents(shift_text, "shift_text") if shift_text is not None else stdlib_source()
-        self._shift = Corpus(shift, tokenizer, seq_len + 1)
-        self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches)).to(
-            check_device(device)
-        )
         super().__init__(device=device)
+        with torch_threads(self.num_threads):  # as the run's work (see Trainer: forked workers)
+            self._data = Corpus(documents(text, "text") if text is not None else pydoc_texts(),
+                                tokenizer, seq_len + 1)  # fmt: skip
+            shift = stdlib_source() if shift_text is None else documents(shift_text, "shift_text")
+            self._shift = Corpus(shift, tokenizer, seq_len + 1)
+            self._val_windows = self._data.val_windows(self.batch_size * int(eval_batches))
+            self._val_windows = self._val_windows.to(self.device)
 
     def _declare(self) -> TrainerSpec:
         vocab = (self._config or self._template.config).vocab_size  # type: ignore[union-attr]

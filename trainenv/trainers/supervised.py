@@ -16,8 +16,8 @@ from trainenv.core import knobs as K
 from trainenv.core.knobs import KnobSpec
 from trainenv.core.rng import perturbation_generator
 from trainenv.core.telemetry import ChannelSpec
-from trainenv.trainers.base import TrainerSpec, check_positive_int
-from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer, check_device
+from trainenv.trainers.base import TrainerSpec, check_positive_int, torch_threads
+from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
 
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
@@ -69,8 +69,12 @@ class SupervisedTrainer(TorchTrainer):
             raise ValueError(f"hidden must be a non-empty sequence of widths >= 1, got {hidden}")
         self.hidden = tuple(int(h) for h in hidden)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
-        self._data = _DigitsData(val_fraction, check_device(device))
         super().__init__(device=device, num_threads=num_threads)
+        # Under the run's thread count, like the rest of its torch work: a multi-threaded op
+        # in a worker forked after the parent ran a parallel region deadlocks in GNU OpenMP
+        # (gymnasium's make_vec(..., vectorization_mode="async") forks such workers).
+        with torch_threads(self.num_threads):
+            self._data = _DigitsData(val_fraction, self.device)
 
     def _declare(self) -> TrainerSpec:
         return TrainerSpec(
