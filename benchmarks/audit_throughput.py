@@ -27,7 +27,7 @@ import torch
 
 from trainenv.audit.plan import AuditPlan, default_plan
 from trainenv.audit.runner import run_audit
-from trainenv.audit.summary import summarize
+from trainenv.audit.summary import Summary, summarize
 
 PLANS = {
     "main": default_plan,
@@ -38,7 +38,7 @@ PLANS = {
 BACKENDS = ("process", "population")
 
 
-def audit(plan: AuditPlan, backend: str, workers: int) -> tuple[float, object]:
+def audit(plan: AuditPlan, backend: str, workers: int) -> tuple[float, Summary]:
     """Wall seconds of the whole audit (workers' start-up included) and its summary."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
