@@ -74,7 +74,7 @@ def main() -> None:
         print("  margin position [CI] by dimension: process | population | overlap")
         profiles = {
             b: s.profile.set_index(["recipe", "dimension"]) for b, (_, s) in results.items()
-        }  # type: ignore[attr-defined]
+        }
         for key, row in profiles["process"].iterrows():
             other = profiles["population"].loc[key] if key in profiles["population"].index else None
             cells = [f"{row.position:.2f} [{row.position_lo:.2f}, {row.position_hi:.2f}]"]
