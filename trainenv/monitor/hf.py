@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.utils import parameters_to_vector
 from transformers import TrainerCallback
 
 from trainenv.monitor.actions import Policy
@@ -49,7 +48,7 @@ from trainenv.trainers.torch import clip_and_measure, clone_tree
 
 CHANNELS = ("train_loss", "grad_norm", "update_ratio", "weight_norm", "max_logit",
             "token_entropy", "lr")  # fmt: skip
-ENTROPY_POSITIONS = 256  # enough for a mean entropy; a full-vocabulary softmax per token is not
+ENTROPY_POSITIONS = 64  # enough for a mean entropy; a full-vocabulary softmax per token is not
 
 
 class _HFRun:
@@ -113,7 +112,8 @@ class MonitorCallback(TrainerCallback):
         self._recipe_clip = math.inf
         self._losses: list[torch.Tensor] = []
         self._logits = (0.0, 0.0)
-        self._weights: torch.Tensor | None = None
+        self._params: list[torch.Tensor] = []  # the trainable parameters
+        self._weights: list[torch.Tensor] = []  # the weights after the previous update
         self._saved_lrs: list[float] = []
         self._hook: Any = None
         self._row: dict[str, float] = {}
@@ -131,29 +131,36 @@ class MonitorCallback(TrainerCallback):
         self._recipe_clip = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
         args.max_grad_norm = 0.0  # the callback clips (same norm), after reading the norm
         self._hook = model.register_forward_hook(self._forward)
-        self._weights = self._vector()
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._weights = [p.detach().clone() for p in self._params]
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         run = self._run
-        params = [p for p in run.model.parameters() if p.requires_grad]  # type: ignore[union-attr]
         clip = min(self._recipe_clip, run.knobs["grad_clip"])
-        grad_norm = clip_and_measure(params, clip)
+        grad_norm = clip_and_measure(self._params, clip)
         groups = run.optimizer.param_groups  # type: ignore[union-attr]
         self._saved_lrs = [group["lr"] for group in groups]
         for group in groups:
             group["lr"] = group["lr"] * run.knobs["lr_backoff"]
-        loss = torch.stack(self._losses).mean() if self._losses else torch.tensor(math.nan)
-        self._losses.clear()
-        self._row = {"train_loss": float(loss), "grad_norm": grad_norm,
+        losses, self._losses = self._losses, []
+        loss = (
+            float(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+            if losses
+            else math.nan
+        )
+        self._row = {"train_loss": loss, "grad_norm": grad_norm,
                      "max_logit": self._logits[0], "token_entropy": self._logits[1],
                      "lr": float(groups[0]["lr"])}  # fmt: skip
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for group, lr in zip(self._run.optimizer.param_groups, self._saved_lrs):  # type: ignore[union-attr]
             group["lr"] = lr  # the scheduler's value: the back-off lasts one step at a time
-        before, self._weights = self._weights, self._vector()
-        weight_norm = float(self._weights.norm())
-        change = float((self._weights - before).norm()) if before is not None else 0.0
+        # Foreach kernels over the parameter list: no flat copy of the weights per update.
+        with torch.no_grad():
+            torch._foreach_sub_(self._weights, self._params)  # in place: -(the update)
+            change = _global_norm(self._weights)
+            torch._foreach_copy_(self._weights, self._params)
+            weight_norm = _global_norm(self._params)
         self._row["weight_norm"] = weight_norm
         self._row["update_ratio"] = change / max(weight_norm, 1e-12)
 
@@ -163,7 +170,8 @@ class MonitorCallback(TrainerCallback):
             self.rows.append(dict(row))
         _, actions, logs = self.watch.after_update(row, self._run)
         if any(action.name == "rollback" for action in actions):
-            self._weights = self._vector()
+            with torch.no_grad():
+                torch._foreach_copy_(self._weights, self._params)
         if logs and self._trainer is not None:
             self._trainer.log(logs)
         elif logs:
@@ -202,6 +210,7 @@ class MonitorCallback(TrainerCallback):
             entropy = -float((log_probs.exp() * log_probs).sum()) / len(sample)
         self._logits = (max_logit, entropy)
 
-    def _vector(self) -> torch.Tensor:
-        params = [p for p in self._run.model.parameters() if p.requires_grad]  # type: ignore[union-attr]
-        return parameters_to_vector(params).detach()
+
+def _global_norm(tensors: list[Any]) -> float:
+    """The L2 norm of the tensors taken together."""
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))))

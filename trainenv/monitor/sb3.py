@@ -120,7 +120,7 @@ class SB3MonitorCallback(BaseCallback):
         max_grad_norm = getattr(model, "max_grad_norm", None)
         if max_grad_norm is not None:
             self._run.recipe_clip = float(max_grad_norm)
-            model.max_grad_norm = math.inf  # clipped in the hook instead, after the norm is read
+            model.max_grad_norm = math.inf  # type: ignore[attr-defined]  # clipped in the hook
         self._run.set_knob("grad_clip", math.inf)
         grads.install(optimizers(model))
         self._channels = channels
