@@ -55,24 +55,23 @@ class PopulationBatch:
 
 
 def pack(groups: Sequence[Group], workers: int = 1) -> list[PopulationBatch]:
-    """``groups`` packed into batches of one recipe and onset, each of at most
-    :data:`MAX_MEMBERS` branches (a group is never split), and into at least ``workers``
-    batches where there are enough groups."""
+    """``groups`` packed into batches of one recipe and onset: per recipe and onset, enough
+    batches for :data:`MAX_MEMBERS` branches each on average, and at least ``workers`` where
+    there are enough groups, filled evenly (a group is never split)."""
     by_key: dict[str, list[Group]] = {}
     for group in groups:
         by_key.setdefault(json.dumps([group.recipe.key(), group.onset]), []).append(group)
-    total = sum(1 + len(g.perturbations) for g in groups)
-    limit = max(1, min(MAX_MEMBERS, -(-total // max(1, workers))))
     batches: list[PopulationBatch] = []
     for same in by_key.values():
-        current: list[Group] = []
-        for group in same:
-            size = 1 + len(group.perturbations)
-            if current and sum(1 + len(g.perturbations) for g in current) + size > limit:
-                batches.append(PopulationBatch(tuple(current)))
-                current = []
-            current.append(group)
-        batches.append(PopulationBatch(tuple(current)))
+        sizes = [1 + len(g.perturbations) for g in same]
+        n_bins = min(len(same), max(workers, -(-sum(sizes) // MAX_MEMBERS)))
+        bins: list[list[Group]] = [[] for _ in range(n_bins)]
+        loads = [0] * n_bins
+        for size, group in sorted(zip(sizes, same), key=lambda pair: -pair[0]):
+            j = loads.index(min(loads))  # the emptiest batch (largest groups first)
+            bins[j].append(group)
+            loads[j] += size
+        batches += [PopulationBatch(tuple(b)) for b in bins if b]
     return batches
 
 
