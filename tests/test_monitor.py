@@ -4,8 +4,10 @@ table, and the transformers and stable-baselines3 adapters on planted learning-r
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,21 +145,18 @@ class FakeRun:
         self.weights = snapshot
 
 
-class BackoffAndRollback:
-    """On an alarm: back the learning rate off and roll back, at most once per ``cooldown``
-    updates (the rule-based policy the acting tests use)."""
+def _example_policy() -> type:
+    """The rule-based policy of ``examples/monitor_hf.py``: on an alarm, back the learning rate
+    off and roll back, at most once per cooldown."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "monitor_hf.py"
+    spec = importlib.util.spec_from_file_location("monitor_hf_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BackoffAndRollback
 
-    def __init__(self, factor: float = 0.01, cooldown: int = 10) -> None:
-        self.factor, self.cooldown = factor, cooldown
 
-    def reset(self) -> None:
-        self._last = -self.cooldown
-
-    def act(self, obs: Any, info: Mapping[str, Any]) -> dict[str, float]:
-        if info["alarm"] and info["updates"] - self._last >= self.cooldown:
-            self._last = info["updates"]
-            return {"lr_backoff": self.factor, "rollback": 1.0}
-        return {}
+BackoffAndRollback = _example_policy()
 
 
 def test_the_actor_backs_off_rolls_back_to_a_good_checkpoint_and_logs() -> None:
