@@ -8,10 +8,17 @@ Learned controllers: :mod:`agents.train_controller` (training entry point) and
 
 from agents.adversary import AdversaryWrapper, ScheduleDistribution, make_adversarial_env
 from agents.encoding import encode
-from agents.rules import BackoffOnLossSpike, ClipOnGradSpike, ForkSearch, RollbackOnDrop
+from agents.rules import (
+    BackoffAndRollbackOnAlarm,
+    BackoffOnLossSpike,
+    ClipOnGradSpike,
+    ForkSearch,
+    RollbackOnDrop,
+)
 from agents.scripted import NoOp, Schedule
 
 __all__ = [
-    "AdversaryWrapper", "BackoffOnLossSpike", "ClipOnGradSpike", "ForkSearch", "NoOp",
-    "RollbackOnDrop", "Schedule", "ScheduleDistribution", "encode", "make_adversarial_env",
+    "AdversaryWrapper", "BackoffAndRollbackOnAlarm", "BackoffOnLossSpike", "ClipOnGradSpike",
+    "ForkSearch", "NoOp", "RollbackOnDrop", "Schedule", "ScheduleDistribution", "encode",
+    "make_adversarial_env",
 ]  # fmt: skip

@@ -4,9 +4,9 @@ A 2-layer, 64-wide GPT-2 (byte vocabulary, built from a config: no download) tra
 Python ships (``pydoc_data``) with transformers' own ``Trainer``. From update ``--onset`` on,
 the learning rate is multiplied by ``--blow-up`` (a planted fault). ``MonitorCallback`` feeds
 trainenv's ``StabilityMonitor`` every update (calibrated live on the first 48), logs its alarms
-through ``trainer.log`` and writes them to ``--out/<run>.parquet``. With ``--act`` a rule-based
-policy backs the learning rate off and rolls the run back to its last good in-memory checkpoint
-when the monitor alarms.
+through ``trainer.log`` and writes them to ``--out/<run>.parquet``. With ``--act`` the
+rule-based policy ``agents.BackoffAndRollbackOnAlarm`` backs the learning rate off and rolls the
+run back to its last good in-memory checkpoint when the monitor alarms.
 
 Run: ``python examples/monitor_hf.py [--act]`` (about 20 s on one CPU thread). Without
 ``--act`` the validation loss jumps after the onset; with it the run keeps learning.
@@ -17,31 +17,14 @@ from __future__ import annotations
 import argparse
 import math
 import pydoc_data.topics
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
+from agents import BackoffAndRollbackOnAlarm
 from trainenv.monitor import MonitorCallback, StabilityMonitor
-
-
-class BackoffAndRollback:
-    """On an alarm, back the learning rate off to ``factor`` and roll back, at most once per
-    ``cooldown`` updates (the controller protocol of ``agents/``, answering magnitudes)."""
-
-    def __init__(self, factor: float = 0.01, cooldown: int = 10) -> None:
-        self.factor, self.cooldown = factor, cooldown
-
-    def reset(self) -> None:
-        self._last = -self.cooldown
-
-    def act(self, obs: Any, info: Mapping[str, Any]) -> dict[str, float]:
-        if info["alarm"] and info["updates"] - self._last >= self.cooldown:
-            self._last = info["updates"]
-            return {"lr_backoff": self.factor, "rollback": 1.0}
-        return {}
 
 
 class Windows(torch.utils.data.Dataset):
@@ -92,7 +75,7 @@ def main() -> None:
                       train_dataset=Windows(tokens, 2000, 0),
                       eval_dataset=Windows(tokens, 8, len(tokens) - 300))  # fmt: skip
     monitor = StabilityMonitor(MonitorCallback.CHANNELS, calibration_updates=48)
-    policy = BackoffAndRollback() if options.act else None
+    policy = BackoffAndRollbackOnAlarm() if options.act else None
     run_id = "hf-act" if options.act else "hf"
     callback = MonitorCallback(monitor, policy=policy, log_dir=options.out, run_id=run_id,
                                duration=options.updates)  # fmt: skip

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monitor_hf import BackoffAndRollback  # this folder is on the path when run as a script
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
+from agents import BackoffAndRollbackOnAlarm
 from trainenv.monitor import SB3MonitorCallback, StabilityMonitor
 
 
@@ -62,7 +62,8 @@ def main() -> None:
     monitor = StabilityMonitor(channels, detectors=SB3MonitorCallback.DETECTORS,
                                calibration_updates=32)  # fmt: skip
     run_id = "ppo-act" if options.act else "ppo"
-    callback = SB3MonitorCallback(monitor, policy=BackoffAndRollback() if options.act else None,
+    policy = BackoffAndRollbackOnAlarm() if options.act else None
+    callback = SB3MonitorCallback(monitor, policy=policy,
                                   log_dir=options.out, run_id=run_id, keep_rows=True,
                                   duration=options.updates, checkpoint_every=5)  # fmt: skip
     model.learn(options.updates * 256, callback=[BlowUp(options.onset, options.blow_up), callback])

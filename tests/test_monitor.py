@@ -4,16 +4,15 @@ table, and the transformers and stable-baselines3 adapters on planted learning-r
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from agents import BackoffAndRollbackOnAlarm
 from trainenv.core.collapse import CollapseRule, CollapseState
 from trainenv.monitor import (
     DETECTORS,
@@ -145,23 +144,9 @@ class FakeRun:
         self.weights = snapshot
 
 
-def _example_policy() -> type:
-    """The rule-based policy of ``examples/monitor_hf.py``: on an alarm, back the learning rate
-    off and roll back, at most once per cooldown."""
-    path = Path(__file__).resolve().parent.parent / "examples" / "monitor_hf.py"
-    spec = importlib.util.spec_from_file_location("monitor_hf_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.BackoffAndRollback
-
-
-BackoffAndRollback = _example_policy()
-
-
 def test_the_actor_backs_off_rolls_back_to_a_good_checkpoint_and_logs() -> None:
     monitor = StabilityMonitor(["loss", "grad_norm", "lr"], calibration_updates=64)
-    actor = Actor(BackoffAndRollback(), duration=20, checkpoint_every=10)
+    actor = Actor(BackoffAndRollbackOnAlarm(), duration=20, checkpoint_every=10)
     run = FakeRun()
     actions, weights = [], {}
     for row in synthetic_run(0, length=320, onset=300):
@@ -316,7 +301,7 @@ def test_transformers_trainer_unperturbed_stays_within_the_false_alarm_rate() ->
 
 @pytest.mark.slow
 def test_transformers_trainer_backoff_and_rollback_prevent_the_collapse() -> None:
-    callback, performance = lm_run(blow_up=100.0, policy=BackoffAndRollback())
+    callback, performance = lm_run(blow_up=100.0, policy=BackoffAndRollbackOnAlarm())
     assert collapse_update(performance, LM_RULE) is None
     names = [a.name for a in callback.watch.actions]
     assert "lr_backoff" in names and "rollback" in names
@@ -384,7 +369,7 @@ def test_sb3_ppo_unperturbed_stays_within_the_false_alarm_rate() -> None:
 
 @pytest.mark.slow
 def test_sb3_ppo_backoff_and_rollback_prevent_the_collapse() -> None:
-    callback, performance = ppo_run(blow_up=100.0, policy=BackoffAndRollback())
+    callback, performance = ppo_run(blow_up=100.0, policy=BackoffAndRollbackOnAlarm())
     assert collapse_update(performance, RL_RULE) is None
     names = [a.name for a in callback.watch.actions]
     assert "lr_backoff" in names and "rollback" in names
