@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
+
+ChannelRole = Literal["dynamics", "performance", "knob"]
+"""What a channel is to the run: ``"dynamics"``, a signal of how training goes (losses,
+gradient and weight norms, entropies); ``"performance"``, a measure the collapse rule or the
+run's score is computed from (validation accuracy or loss, episode return); ``"knob"``, a
+setting an intervention sets directly (the learning rate in force)."""
+ROLES: tuple[ChannelRole, ...] = get_args(ChannelRole)
 
 
 @dataclass(frozen=True)
@@ -18,11 +27,28 @@ class ChannelSpec:
             ``advance`` with ``diverged=True``). True for losses, gradient and weight norms;
             false for a value that is merely undefined at times (a ratio with a zero
             denominator).
+        role: :data:`ChannelRole`. A detector that reads a performance channel reads the
+            collapse criterion itself, and one that reads a knob channel reads the
+            perturbation: neither "precedes collapse" in any useful sense, so a *leak-free*
+            meta-state summarises the dynamics channels only (:func:`dynamics_channels`).
     """
 
     name: str
     description: str
     diverges_if_nonfinite: bool = True
+    role: ChannelRole = "dynamics"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(
+                f"role of channel {self.name!r} must be one of {ROLES}, got {self.role!r}"
+            )
+
+
+def dynamics_channels(channels: Iterable[ChannelSpec]) -> tuple[str, ...]:
+    """Names of the channels whose role is ``"dynamics"``, in order: what a leak-free
+    meta-state may read."""
+    return tuple(c.name for c in channels if c.role == "dynamics")
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,17 @@ LOGIT_SOFTCAP = KnobSpec(
 MIN_LR_RATIO = 0.1  # the cosine schedule decays to this fraction of the peak, then holds
 CHANNELS = (
     ChannelSpec("train_loss", "cross-entropy of the update's batch, nats per token"),
-    ChannelSpec("val_loss", "cross-entropy on the validation subset at the latest pass, nats"),
+    ChannelSpec(
+        "val_loss",
+        "cross-entropy on the validation subset at the latest pass, nats",
+        role="performance",
+    ),
     ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
     ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
     ChannelSpec("weight_norm", "global L2 norm of the weights"),
     ChannelSpec("max_logit", "largest logit magnitude in the update's batch"),
     ChannelSpec("token_entropy", "mean entropy of the next-token predictions, nats"),
-    ChannelSpec("lr", "learning rate in force"),
+    ChannelSpec("lr", "learning rate in force", role="knob"),
 )
 EVENTS = (
     "optimizer_reset", "warmup_restart", "weight_noise", "weight_rescale", "layer_rescale",

@@ -60,7 +60,7 @@ LOSS_CHANNELS: dict[str, tuple[ChannelSpec, ...]] = {
     "SAC": (
         ChannelSpec("actor_loss", "actor loss, mean over the update's gradient steps"),
         ChannelSpec("critic_loss", "twin-critic TD loss, mean over the update's gradient steps"),
-        ChannelSpec("ent_coef", "entropy coefficient in force"),
+        ChannelSpec("ent_coef", "entropy coefficient in force", role="knob"),
         ChannelSpec("ent_coef_loss", "entropy-coefficient loss (0 with a fixed coefficient)"),
     ),
     "TD3": (
@@ -72,8 +72,12 @@ COMMON_CHANNELS = (
     ChannelSpec("grad_norm", "global L2 gradient norm before clipping, mean over optimizer steps"),
     ChannelSpec("update_ratio", "L2 norm of the update's weight change over the weight norm"),
     ChannelSpec("weight_norm", "global L2 norm of the trained policy weights"),
-    ChannelSpec("episode_return", "mean true return of the last perf_episodes episodes"),
-    ChannelSpec("lr", "learning rate of the update's last optimizer step"),
+    ChannelSpec(
+        "episode_return",
+        "mean true return of the last perf_episodes episodes",
+        role="performance",
+    ),
+    ChannelSpec("lr", "learning rate of the update's last optimizer step", role="knob"),
 )
 
 # Facts about known inner environments. obs_scale, the unit of input_noise and input_shift:

@@ -24,12 +24,18 @@ GRAD_NOISE = KnobSpec(
 )
 CHANNELS = (
     ChannelSpec("train_loss", "cross-entropy of the update's mini-batch, nats"),
-    ChannelSpec("val_loss", "cross-entropy on the validation split at the latest pass, nats"),
-    ChannelSpec("val_accuracy", "accuracy on the validation split at the latest pass"),
+    ChannelSpec(
+        "val_loss",
+        "cross-entropy on the validation split at the latest pass, nats",
+        role="performance",
+    ),
+    ChannelSpec(
+        "val_accuracy", "accuracy on the validation split at the latest pass", role="performance"
+    ),
     ChannelSpec("grad_norm", "global L2 norm of the gradient before clipping"),
     ChannelSpec("update_ratio", "L2 norm of the weight update over the weight norm"),
     ChannelSpec("weight_norm", "global L2 norm of the weights"),
-    ChannelSpec("lr", "learning rate in force"),
+    ChannelSpec("lr", "learning rate in force", role="knob"),
 )
 
 
