@@ -8,17 +8,25 @@ encoder shipped for a registered environment; :func:`calibrate` does the same fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 from trainenv.core.band import ReferenceBand
-from trainenv.core.metastate import MetaStateEncoder, window_features
+from trainenv.core.metastate import MetaStateEncoder, feature_columns, window_features
 from trainenv.env import TrainEnv
 from trainenv.envs import encoder_path
 
-__all__ = ["calibrate", "encoder_path", "reference_features", "reference_runs", "write_encoder"]
+__all__ = [
+    "calibrate",
+    "encoder_path",
+    "fit_encoder",
+    "reference_features",
+    "reference_runs",
+    "write_encoder",
+]
 
 REFERENCE_SEED_BASE = 1_000_000  # reference runs use seeds no audit or test uses by default
 
@@ -71,10 +79,37 @@ def calibrate(
         env = gym.make(env, observation="telemetry").unwrapped  # type: ignore[assignment]
     assert isinstance(env, TrainEnv)
     channels = [c.name for c in env.trainer.channels]
-    encoder = MetaStateEncoder(channels, window=window, **encoder_kwargs)  # type: ignore[arg-type]
     runs = reference_runs(env, seeds, window)
+    return fit_encoder(runs, channels, window=window, radius=radius, **encoder_kwargs)
+
+
+def fit_encoder(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]],
+    channels: Sequence[str],
+    subset: Sequence[str] | None = None,
+    window: int = 16,
+    radius: int = 2,
+    **encoder_kwargs: float,
+) -> MetaStateEncoder:
+    """Fit a meta-state encoder, and its band if there are >= 2 runs, on reference runs.
+
+    Args:
+        runs: Per unperturbed run, window features over ``channels`` after every step, shape
+            ``(T, 3 * len(channels))``, and the update count at each step, ``(T,)`` (as
+            :func:`reference_runs` returns them).
+        channels: The channels the features cover, in order.
+        subset: The channels the encoder summarises (default: all); e.g. the dynamics channels
+            of a leak-free meta-state (:func:`~trainenv.core.telemetry.dynamics_channels`).
+            Its ``channels`` are these, so it encodes windows of these channels only.
+        window: The telemetry rows per window the features were computed over.
+        radius: Neighbouring steps pooled into each step's band covariance.
+    """
+    subset = tuple(channels) if subset is None else tuple(subset)
+    columns = feature_columns(channels, subset)
+    runs = [(np.asarray(features)[:, columns], updates) for features, updates in runs]
+    encoder = MetaStateEncoder(subset, window=window, **encoder_kwargs)  # type: ignore[arg-type]
     encoder.fit(np.concatenate([features for features, _ in runs]))
-    if seeds >= 2:
+    if len(runs) >= 2:
         latents = [(encoder.transform(features), updates) for features, updates in runs]
         encoder.band_ = ReferenceBand.fit(latents, radius=radius)
     return encoder

@@ -160,6 +160,13 @@ class TrainEnv(gym.Env[np.ndarray, Any]):
         return self._episode.end_step(self.trainer.advance(self.k), applied, cost)
 
     @property
+    def telemetry_window(self) -> np.ndarray:
+        """The telemetry rows the meta-state encodes now (the last ``encoder.window`` updates,
+        fewer early on; the last update's row without an encoder), oldest first, shape
+        ``(W', C)`` in the order of ``trainer.channels``; a copy."""
+        return self._episode.window
+
+    @property
     def interventions(self) -> tuple[Intervention, ...]:
         """The interventions on offer, in action-spec order."""
         return self.action_spec.interventions

@@ -182,6 +182,7 @@ class Episode:
         encoder = settings.encoder
         self._window = encoder.window if encoder else 1
         self._self_detector = SelfDeviation() if encoder else None
+        self._rows = np.zeros((0, len(run.channels)))
         self.started = False
         self.steps = 0
 
@@ -196,6 +197,12 @@ class Episode:
         self._reset_metastate()
         self.started = True
         return self._observe(), self._info({}, 0.0, None)
+
+    @property
+    def window(self) -> np.ndarray:
+        """The telemetry rows the meta-state encodes now, oldest first: shape ``(W', C)``,
+        ``W'`` at most the encoder's window (1 without an encoder); a copy."""
+        return self._rows.copy()
 
     def check_running(self) -> None:
         """``RuntimeError`` unless an episode is under way."""

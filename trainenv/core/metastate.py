@@ -49,6 +49,22 @@ def window_features(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([z[-1], z.mean(axis=0), z.std(axis=0)])
 
 
+def feature_columns(channels: Sequence[str], subset: Sequence[str]) -> np.ndarray:
+    """Columns of :func:`window_features` over ``channels`` that belong to ``subset`` (e.g. the
+    dynamics channels of a leak-free meta-state), in :func:`window_features`' layout: the
+    result applied to features over ``channels`` gives the features over ``subset``.
+
+    Returns:
+        Integer indices, shape ``(3 * len(subset),)``.
+    """
+    position = {name: i for i, name in enumerate(channels)}
+    missing = [name for name in subset if name not in position]
+    if missing or not subset:
+        raise ValueError(f"subset must be non-empty channels of {tuple(channels)}, got {subset}")
+    index = np.array([position[name] for name in subset])
+    return np.concatenate([block * len(channels) + index for block in range(FEATURES_PER_CHANNEL)])
+
+
 class MetaStateEncoder:
     """Scaler + PCA over telemetry-window features, in the manner of a scikit-learn estimator.
 
