@@ -3,7 +3,8 @@ side on the main job and on ``examples/plans/digits_quick.yaml``, with both marg
 
 The main job is ``trainenv audit`` without a plan (:func:`~trainenv.audit.plan.default_plan`:
 CartPole PPO, 5 seeds x 13 runs). Each plan is audited from scratch into a fresh directory by
-each backend (same worker count, start-up included), one after the other; the ratio is
+each backend (each with its default workers: the CPU count for process, 1 for population;
+start-up included), one after the other; the ratio is
 process wall time / population wall time (target, issue 11: >= 4x). Then each backend's margin
 profile (per recipe and dimension: the margin's position in the magnitude range with its
 bootstrap interval) is printed side by side, with whether the two intervals overlap.
@@ -38,7 +39,7 @@ PLANS = {
 BACKENDS = ("process", "population")
 
 
-def audit(plan: AuditPlan, backend: str, workers: int) -> tuple[float, Summary]:
+def audit(plan: AuditPlan, backend: str, workers: int | None) -> tuple[float, Summary]:
     """Wall seconds of the whole audit (workers' start-up included) and its summary."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -56,17 +57,20 @@ def overlap(a: tuple[float, float], b: tuple[float, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", nargs="+", choices=list(PLANS), default=list(PLANS))
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers", type=int, help="for both backends (default: each backend's own default)"
+    )
     parser.add_argument("--seeds", type=int, help="replace the plans' seeds with 0..N-1")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{os.cpu_count()} CPUs, {args.workers} workers; load {os.getloadavg()[0]:.2f}")
+    workers = {b: args.workers or default_plan().resolved_workers(b) for b in BACKENDS}
+    print(f"{os.cpu_count()} CPUs; workers {workers}; load {os.getloadavg()[0]:.2f}")
     ratios = {}
     for name in args.plans:
         plan = PLANS[name]()
         if args.seeds:
             plan = plan.model_copy(update={"seeds": tuple(range(args.seeds))})
-        results = {b: audit(plan, b, args.workers) for b in BACKENDS}
+        results = {b: audit(plan, b, workers[b]) for b in BACKENDS}
         ratios[name] = results["process"][0] / results["population"][0]
         print(f"\n{name}: {plan.n_runs} runs")
         for backend, (seconds, _) in results.items():

@@ -293,7 +293,7 @@ def run_audit(
             most these and the runs in flight. 0 writes each run as it finishes.
     """
     name = plan.resolved_backend(backend)
-    workers = plan.resolved_workers() if workers is None else workers
+    workers = plan.resolved_workers(name) if workers is None else workers
     pool = make_backend(name, workers, address or plan.address)
     plan.check()
     store = ResultStore(out, batch_runs=BATCH_RUNS, flush_seconds=flush_seconds)
