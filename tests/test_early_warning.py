@@ -17,7 +17,8 @@ from trainenv.audit.store import ResultStore
 from trainenv.calibration import calibrate
 from trainenv.core.band import ReferenceBand
 from trainenv.core.collapse import CollapseRule
-from trainenv.core.metastate import MetaStateEncoder
+from trainenv.core.metastate import MetaStateEncoder, feature_columns, window_features
+from trainenv.core.telemetry import ChannelSpec, dynamics_channels
 from trainenv.warning.detectors import Cusum, MetaStateDeviation, SelfDeviation
 
 DIGITS = "trainenv/Digits-MLP-v0"
@@ -189,43 +190,61 @@ def test_cusum_alarms_at_a_planted_change_point() -> None:
     assert 50 <= alarms[0] <= 55
 
 
-def synthetic_traces(seeds: int = 6, lead: int = 4, onset: int = 30, k: int = 10) -> list[ew.Trace]:
-    """Per seed a reference run (noise) and a run whose deviation steps up ``lead`` steps
-    before a collapse onset at step ``onset`` (a planted change point), plus a survivor."""
+METASTATE = "meta-state deviation"  # in trainenv.warning.DETECTORS, which reads "deviation"
+CHANNELS = ("train_loss", "val_accuracy", "lr")
+ROLES = ("dynamics", "performance", "knob")
+
+
+def synthetic_traces(
+    seeds: int = 6,
+    lead: int = 4,
+    onset: int = 30,
+    k: int = 10,
+    calibration: int = 4,
+    leak: bool = False,
+) -> list[ew.Trace]:
+    """Per seed a reference run (noise) and a run whose inputs step up ``lead`` steps before a
+    collapse onset at step ``onset`` (a planted change point), plus a survivor; first,
+    ``calibration`` unperturbed calibration runs. The step shows in ``deviation`` and in the
+    window features (:data:`CHANNELS`) of ``train_loss``, a dynamics channel, or with
+    ``leak=True`` only in those of ``val_accuracy`` and ``lr``: the performance and knob
+    channels (a detector reading them "precedes collapse" trivially)."""
     rng = np.random.default_rng(7)
+    steps, width = 40, len(CHANNELS)
+    planted = [1, 2] if leak else [0]
+    columns = [block * width + c for block in (0, 1) for c in planted]  # last and mean
+    runs = [(1_000_000 + i, "calibration", None) for i in range(calibration)]
+    kinds = (("reference", None), ("ramp", onset), ("mild", None))
+    runs += [(seed, scenario, collapse) for seed in range(seeds) for scenario, collapse in kinds]
     traces = []
-    for seed in range(seeds):
-        for scenario, collapse in (("reference", None), ("ramp", onset), ("mild", None)):
-            deviation = np.abs(rng.standard_normal(40))
-            if collapse is not None:
-                deviation[collapse - lead - 1 :] = 10.0
-            inputs = {
-                "deviation": deviation,
-                "latents": rng.standard_normal((40, 2)),
-                "loss": 1 + 0.1 * rng.standard_normal(40),
-                "grad_norm": 1 + 0.1 * rng.standard_normal(40),
-            }
-            n = collapse + 3 if collapse else 40
-            traces.append(
-                ew.Trace(
-                    "synthetic",
-                    seed,
-                    scenario,
-                    k,
-                    np.linspace(0.2, 0.9, n),
-                    {key: v[:n] for key, v in inputs.items()},
-                    collapse,
-                    None if scenario == "reference" else 10,
-                )  # fmt: skip
-            )
+    for seed, scenario, collapse in runs:
+        deviation = np.abs(rng.standard_normal(steps))
+        features = rng.standard_normal((steps, 3 * width))
+        if collapse is not None:
+            deviation[collapse - lead - 1 :] = 10.0
+            features[collapse - lead - 1 :, columns] += 8.0
+        inputs = {
+            "deviation": deviation,
+            "latents": rng.standard_normal((steps, 2)),
+            "loss": 1 + 0.1 * rng.standard_normal(steps),
+            "grad_norm": 1 + 0.1 * rng.standard_normal(steps),
+            "features": features,
+            "updates": k * np.arange(1, steps + 1),
+        }
+        n = collapse + 3 if collapse else steps
+        traces.append(
+            ew.Trace("synthetic", seed, scenario, k, np.linspace(0.2, 0.9, n),
+                     {key: v[:n] for key, v in inputs.items()}, collapse,
+                     None if scenario in ("reference", "calibration") else 10, CHANNELS, ROLES)
+        )  # fmt: skip
     return traces
 
 
 def test_evaluate_recovers_planted_lead_times_and_a_perfect_auroc() -> None:
     table = ew.evaluate_detectors(
-        synthetic_traces(lead=4), horizon=4, false_alarm_rate=0.05, n_boot=200
+        synthetic_traces(lead=4, calibration=0), horizon=4, false_alarm_rate=0.05, n_boot=200
     )
-    row = table.set_index("detector").loc[ew.PRIMARY]
+    row = table.set_index("detector").loc[METASTATE]
     assert row["collapses"] == 6 and row["detected"] == 6 and row["detection_rate"] == 1.0
     assert row["lead_median"] == 40 and row["lead_median_lo"] == row["lead_median_hi"] == 40
     assert row["auroc"] == 1.0  # positives (the 5 steps before onset) all score 10
@@ -237,18 +256,18 @@ def test_evaluate_recovers_planted_lead_times_and_a_perfect_auroc() -> None:
 
 def test_lead_is_capped_by_the_horizon_and_early_transients_are_misses() -> None:
     held = ew.evaluate_detectors(
-        synthetic_traces(lead=8), horizon=4, false_alarm_rate=0.05, n_boot=50
+        synthetic_traces(lead=8, calibration=0), horizon=4, false_alarm_rate=0.05, n_boot=50
     )
-    assert held.set_index("detector").loc[ew.PRIMARY, "lead_median"] == 40  # H steps x k
-    traces = synthetic_traces(lead=8)
+    assert held.set_index("detector").loc[METASTATE, "lead_median"] == 40  # H steps x k
+    traces = synthetic_traces(lead=8, calibration=0)
     for trace in traces:
         if trace.collapse_onset is not None:  # one spike 8 steps before the onset, then calm
             trace.inputs["deviation"] = np.where(np.arange(len(trace.p)) == 21, 10.0, 0.0)
     row = ew.evaluate_detectors(traces, horizon=4, false_alarm_rate=0.05, n_boot=50)
-    row = row.set_index("detector").loc[ew.PRIMARY]
+    row = row.set_index("detector").loc[METASTATE]
     assert row["detected"] == 0 and row["detection_rate"] == 0.0 and math.isnan(row["lead_median"])
     with pytest.raises(ValueError, match="cross-fitting"):
-        ew.evaluate_detectors([t for t in synthetic_traces() if t.seed == 0], horizon=4)
+        ew.evaluate_detectors([t for t in synthetic_traces(calibration=0) if t.seed == 0], 4)
 
 
 def test_traces_survive_a_round_trip_through_parquet(tmp_path) -> None:
@@ -263,6 +282,7 @@ def test_traces_survive_a_round_trip_through_parquet(tmp_path) -> None:
         assert (a.seed, a.scenario, a.k, a.collapse_onset, a.ramp_onset) == (
             b.seed, b.scenario, b.k, b.collapse_onset, b.ramp_onset
         )  # fmt: skip
+        assert (a.channels, a.roles) == (b.channels, b.roles) and set(a.inputs) == set(b.inputs)
         np.testing.assert_array_equal(a.p, b.p)
         for name, values in a.inputs.items():
             np.testing.assert_array_equal(values, b.inputs[name])
@@ -277,14 +297,126 @@ def test_ramp_magnitudes_grow_geometrically_then_hold() -> None:
 
 
 def test_simulated_runs_record_what_the_env_reports() -> None:
-    """A severe weight-noise ramp on Digits collapses; its reference run does not."""
-    tasks = ew.tasks_for("supervised", DIGITS, [ew.Ramp("weight_noise", 0.01, 3.0, 25, 10)], [0])
-    reference, ramp = (ew.simulate_run(t) for t in tasks)
+    """A severe weight-noise ramp on Digits collapses; its reference run does not; both
+    record the window features of every channel, with the channels' declared roles."""
+    ramps = [ew.Ramp("weight_noise", 0.01, 3.0, 25, 10)]
+    calibration, reference, ramp = (
+        ew.simulate_run(t) for t in ew.tasks_for("supervised", DIGITS, ramps, [0], calibration=1)
+    )
+    assert calibration.scenario == ew.CALIBRATION and calibration.seed == 1_000_000
     assert reference.reference and reference.collapse_onset is None and len(reference.p) == 50
     assert ramp.ramp_onset == 11 and ramp.collapse_onset is not None
     assert ramp.collapse_onset > ramp.ramp_onset and len(ramp.p) >= ramp.collapse_onset
     np.testing.assert_array_equal(reference.p[:10], ramp.p[:10])  # same seed, same prefix
-    assert ramp.inputs["deviation"][-1] > reference.inputs["deviation"].max()
+    assert dict(zip(reference.channels, reference.roles))["val_accuracy"] == "performance"
+    assert reference.inputs["features"].shape == (50, 3 * len(reference.channels))
+    np.testing.assert_array_equal(reference.inputs["updates"], 10 * np.arange(1, 51))
+
+
+def test_recorded_window_features_are_what_the_env_encodes() -> None:
+    env = gym.make(DIGITS).unwrapped
+    env.reset(seed=1)
+    for _ in range(3):
+        obs, *_ = env.step(0)
+        latent = env.encoder.transform(window_features(env.telemetry_window))
+        np.testing.assert_allclose(latent, obs[: env.encoder.n_components], rtol=1e-5, atol=1e-5)
+
+
+# -- the leak-free meta-state and the learned baseline --------------------------------------------
+def test_channel_roles_are_declared_data_and_validated() -> None:
+    from trainenv.trainers import lm, sb3_settings, supervised
+
+    assert dynamics_channels(supervised.CHANNELS) == (
+        "train_loss", "grad_norm", "update_ratio", "weight_norm"
+    )  # fmt: skip
+    assert {"val_loss", "lr"}.isdisjoint(dynamics_channels(lm.CHANNELS))
+    ppo = sb3_settings.LOSS_CHANNELS["PPO"] + sb3_settings.COMMON_CHANNELS
+    assert {"episode_return", "lr"}.isdisjoint(dynamics_channels(ppo))
+    assert "value_loss" in dynamics_channels(ppo)
+    with pytest.raises(ValueError, match="role of channel 'x'"):
+        ChannelSpec("x", "a number", role="target")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="subset"):
+        feature_columns(["a", "b"], ["c"])
+
+
+def claim3_table(traces: list[ew.Trace]) -> pd.DataFrame:
+    encoders = ew.fit_meta_states([t for t in traces if t.scenario == ew.CALIBRATION])
+    evaluated = ew.with_meta_states(traces, encoders)
+    return ew.evaluate_detectors(evaluated, 4, 0.05, 200, 0.95, ew.CLAIM3, ew.LEARNED, ew.PRIMARY)
+
+
+def test_a_planted_leak_precedes_collapse_in_the_full_meta_state_only() -> None:
+    """The collapse is planted in the performance and knob channels only: the full meta-state
+    "warns" of it perfectly, the leak-free one, which does not read them, sees noise."""
+    traces = synthetic_traces(leak=True)
+    encoders = ew.fit_meta_states([t for t in traces if t.scenario == ew.CALIBRATION])
+    assert encoders[ew.LEAK_FREE].channels == ("train_loss",)
+    assert encoders[ew.FULL].channels == CHANNELS
+    table = claim3_table(traces).set_index("detector")
+    assert table.loc[ew.FULL_METASTATE, "auroc"] > 0.95
+    assert table.loc[ew.FULL_METASTATE, "detection_rate"] == 1.0
+    assert table.loc[ew.PRIMARY, "auroc_lo"] < 0.5 < table.loc[ew.PRIMARY, "auroc_hi"]
+    assert table.loc[ew.BASELINE, "auroc"] < 0.75  # it reads the leak-free features too
+    assert table.loc[ew.FULL_METASTATE, "auroc_vs_primary_lo"] > 0.2  # the leak, measured
+    # Planted in the dynamics channel instead, the leak-free meta-state sees it.
+    honest = claim3_table(synthetic_traces(leak=False)).set_index("detector")
+    assert honest.loc[ew.PRIMARY, "auroc"] > 0.95 and honest.loc[ew.BASELINE, "auroc"] > 0.95
+    assert honest.loc[ew.PRIMARY, "lead_median"] == 40
+
+
+class SpyBaseline(ew.LogisticBaseline):
+    """A logistic baseline whose scorers refuse runs of the seeds they were trained on."""
+
+    fits: list[set[int]] = []
+
+    def fit(self, traces, horizon):
+        seeds = {t.seed for t in traces}
+        self.fits.append(seeds)
+        inner = super().fit(traces, horizon)
+
+        def score(trace):
+            assert trace.seed not in seeds, f"seed {trace.seed} scored by a model trained on it"
+            return inner(trace)
+
+        return score
+
+
+def test_the_logistic_baseline_never_scores_a_seed_it_was_trained_on() -> None:
+    traces = [t for t in synthetic_traces(seeds=4) if t.scenario != ew.CALIBRATION]
+    for trace in traces:
+        trace.inputs["features_leak_free"] = trace.inputs["features"]
+    spy = SpyBaseline("features_leak_free")
+    ew.evaluate_detectors(traces, 4, 0.05, 50, detectors={}, learned={"spy": spy})
+    # Per held-out seed: one model on the 3 others, and 3 on 2 for its threshold.
+    assert sorted(len(s) for s in spy.fits) == [2] * 12 + [3] * 4
+
+
+def test_the_logistic_baseline_cannot_memorise_a_held_out_seeds_labels() -> None:
+    """Each seed's positives lie along a direction of their own: a model that saw a seed's
+    labels would separate them (in-sample AUROC near 1); cross-fitted by seed it cannot."""
+    rng = np.random.default_rng(3)
+    traces = []
+    for seed in range(6):
+        direction = rng.standard_normal(12)
+        for scenario, collapse, ramp in (("reference", None, None), ("ramp", 30, 10)):
+            x = rng.standard_normal((33 if collapse else 40, 12))
+            if collapse:
+                x[25:] += 3 * direction
+            trace = ew.Trace("synthetic", seed, scenario, 1, np.ones(len(x)),
+                             {"features_leak_free": x}, collapse, ramp)  # fmt: skip
+            traces.append(trace)
+    model = ew.LogisticBaseline()
+    in_sample = model.fit(traces, 4)
+    samples = [(in_sample(t)[a:b], y) for t in traces for a, b, y in [t.labelled_steps(4)]]
+    assert ew.auroc(*map(np.concatenate, zip(*samples))) > 0.9
+    table = ew.evaluate_detectors(traces, 4, 0.05, 100, detectors={}, learned={"lr": model})
+    assert table.loc[0, "auroc"] < 0.75
+
+
+def test_meta_states_need_calibration_runs() -> None:
+    traces = synthetic_traces(calibration=1)
+    with pytest.raises(ValueError, match="calibration"):
+        ew.fit_meta_states([t for t in traces if t.scenario == ew.CALIBRATION])
 
 
 def test_simulate_runs_stores_each_run_and_resumes(tmp_path) -> None:

@@ -80,13 +80,14 @@ def calibrate(
     assert isinstance(env, TrainEnv)
     channels = [c.name for c in env.trainer.channels]
     runs = reference_runs(env, seeds, window)
-    return fit_encoder(runs, channels, window=window, radius=radius, **encoder_kwargs)
+    return fit_encoder(runs, channels, None, window=window, radius=radius, **encoder_kwargs)
 
 
 def fit_encoder(
     runs: Sequence[tuple[np.ndarray, np.ndarray]],
     channels: Sequence[str],
     subset: Sequence[str] | None = None,
+    *,
     window: int = 16,
     radius: int = 2,
     **encoder_kwargs: float,

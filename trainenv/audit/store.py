@@ -67,6 +67,7 @@ STEPS_SCHEMA = pa.schema([
     # claim-3 traces (trainenv.warning.simulation.traces_frame)
     ("paradigm", _S), ("seed", _I), ("scenario", _S), ("k", _I), ("collapse_onset", _I),
     ("ramp_onset", _I), ("loss", _F), ("grad_norm", _F), ("latents", pa.list_(_F)),
+    ("features", pa.list_(_F)), ("channels", _S), ("roles", _S),
 ])  # fmt: skip
 """Every fixed column a ``steps/`` row may have; ``knob.*`` and ``telemetry.*`` are float64."""
 

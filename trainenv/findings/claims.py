@@ -8,7 +8,8 @@ traces (claim 3), and :class:`Findings`, the results of a findings run.
    without the trainer's stochasticity knob held on; the paired difference in drawdown and in
    collapse rate (:func:`buffering`).
 3. *Meta-state deviations precede collapse*: the early-warning evaluation of
-   :mod:`trainenv.warning` (:func:`early_warning`).
+   :mod:`trainenv.warning` (:func:`early_warning`), on the *leak-free* meta-state (dynamics
+   channels only), beside the full one and a logistic-regression baseline.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 
 from trainenv.audit.metrics import bootstrap_ci
 from trainenv.audit.store import ResultStore
+from trainenv.core.metastate import MetaStateEncoder
 from trainenv.findings.config import FindingsConfig
 from trainenv.findings.verdicts import (
     CONFIDENCE,
@@ -31,8 +33,9 @@ from trainenv.findings.verdicts import (
     verdict_decoupling,
     verdict_warning,
 )
-from trainenv.warning.evaluation import PRIMARY, evaluate_detectors
-from trainenv.warning.simulation import Trace
+from trainenv.warning.evaluation import CLAIM3, LEARNED, PRIMARY, evaluate_detectors
+from trainenv.warning.metastates import fit_meta_states, with_meta_states
+from trainenv.warning.simulation import CALIBRATION, Trace
 
 __all__ = [
     "Buffering",
@@ -239,9 +242,11 @@ class EarlyWarning:
     """Claim 3 on one paradigm."""
 
     table: pd.DataFrame  # one row per detector (evaluate_detectors)
-    traces: list[Trace]
+    traces: list[Trace]  # the evaluated runs, with their meta-states' inputs
     horizon: int  # steps
     verdict: str
+    encoders: dict[str, MetaStateEncoder] = field(default_factory=dict)  # full, leak-free
+    calibration_runs: int = 0  # the unperturbed runs the encoders were fitted on
 
     @property
     def primary(self) -> pd.Series:
@@ -251,10 +256,18 @@ class EarlyWarning:
 def early_warning(
     traces: list[Trace], horizon: int, false_alarm_rate: float, n_boot: int
 ) -> EarlyWarning:
-    """Claim 3 from one paradigm's traces."""
-    table = evaluate_detectors(traces, horizon, false_alarm_rate, n_boot, CONFIDENCE)
+    """Claim 3 from one paradigm's traces: its calibration runs fit the full and leak-free
+    meta-states (:func:`~trainenv.warning.metastates.fit_meta_states`), the other runs are
+    evaluated (:data:`~trainenv.warning.evaluation.CLAIM3` and the logistic baseline); the
+    verdict is the leak-free meta-state deviation's."""
+    calibration = [t for t in traces if t.scenario == CALIBRATION]
+    encoders = fit_meta_states(calibration)
+    evaluated = with_meta_states(traces, encoders)
+    table = evaluate_detectors(evaluated, horizon, false_alarm_rate, n_boot, CONFIDENCE,
+                               CLAIM3, LEARNED, PRIMARY)  # fmt: skip
     primary = table.set_index("detector").loc[PRIMARY]
-    return EarlyWarning(table, traces, horizon, verdict_warning(primary))
+    return EarlyWarning(table, evaluated, horizon, verdict_warning(primary), encoders,
+                        len(calibration))  # fmt: skip
 
 
 # -- all claims ---------------------------------------------------------------------------

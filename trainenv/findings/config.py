@@ -59,6 +59,8 @@ class Paradigm(BaseModel):
             ``{steps, onset, ends: [[intervention, start, end]]}``.
         warning_seeds: Seeds of claim 3.
         warning_horizon: Claim 3's horizon ``H``, in steps.
+        calibration_seeds: Claim 3's unperturbed calibration runs, which the full and
+            leak-free meta-states are fitted on (seeds as ``trainenv calibrate``'s).
         claims: The claims tested on this paradigm.
     """
 
@@ -75,6 +77,7 @@ class Paradigm(BaseModel):
     ramps: tuple[Ramp, ...] = Field(min_length=1)
     warning_seeds: int = Field(ge=2)
     warning_horizon: int = Field(ge=0)
+    calibration_seeds: int = Field(default=8, ge=2)
     claims: tuple[Literal[1, 2, 3], ...] = (1, 2, 3)
 
     @model_validator(mode="before")
@@ -124,7 +127,8 @@ class Paradigm(BaseModel):
         )
 
     def warning_tasks(self) -> list[Task]:
-        return tasks_for(self.name, self.env, self.ramps, range(self.warning_seeds))
+        return tasks_for(self.name, self.env, self.ramps, range(self.warning_seeds),
+                         calibration=self.calibration_seeds)  # fmt: skip
 
     def _recipe(
         self, name: str, trainer_kwargs: Mapping[str, Any], stabilizers: tuple[Stabilizer, ...] = ()

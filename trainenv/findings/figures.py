@@ -68,7 +68,8 @@ def plot_detectors(results: dict[str, EarlyWarning], path: Path) -> None:
 
 
 def plot_example(results: dict[str, EarlyWarning], path: Path) -> None:
-    """Per paradigm: a collapsing run's p and meta-state deviation, with the threshold."""
+    """Per paradigm: a collapsing run's p and leak-free meta-state deviation, with the
+    threshold."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.0 * len(results), 3.4), squeeze=False)
     for ax, (name, w) in zip(axes.flat, results.items()):
@@ -88,7 +89,7 @@ def plot_example(results: dict[str, EarlyWarning], path: Path) -> None:
         twin.plot(steps, trace.inputs["deviation"], color="tab:orange")
         twin.axhline(w.primary["threshold"], color="tab:orange", ls="--", lw=0.8)
         twin.set_yscale("log")
-        twin.set_ylabel("meta-state deviation (dashed: threshold)", color="tab:orange")
+        twin.set_ylabel("leak-free meta-state deviation (dashed: threshold)", color="tab:orange")
         ax.set_title(f"{name}: seed {trace.seed}, {trace.scenario}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     save_figure(fig, path)

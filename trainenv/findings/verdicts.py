@@ -41,7 +41,8 @@ RULES = {
         "collapse-rate difference is reported alongside."
     ),
     3: (
-        f"for the meta-state deviation detector at a {FALSE_ALARM_RATE:.0%} false-alarm rate: "
+        f"for the leak-free meta-state deviation detector at a {FALSE_ALARM_RATE:.0%} "
+        "false-alarm rate: "
         f"**supported** if the {CONFIDENCE:.0%} CIs of the AUROC and of the detection rate lie "
         "above 0.5 and that of the median lead time above 0 updates; **not supported** if the "
         "AUROC CI or the detection-rate CI lies below 0.5, or the lead-time CI at or below 0 "

@@ -4,16 +4,22 @@ act (controllers in ``agents/`` may act on them).
 ::
 
     from trainenv.audit import ResultStore
-    from trainenv.warning import Ramp, evaluate_detectors, simulate_runs, tasks_for
+    from trainenv.warning import (CALIBRATION, Ramp, evaluate_detectors, fit_meta_states,
+                                  simulate_runs, tasks_for, with_meta_states)
 
     ramps = [Ramp("lr_shock", start=2.0, end=300.0, steps=25, onset=10)]
-    tasks = tasks_for("supervised", "trainenv/Digits-MLP-v0", ramps, seeds=range(4))
+    tasks = tasks_for("supervised", "trainenv/Digits-MLP-v0", ramps, seeds=range(4),
+                      calibration=8)
     traces = simulate_runs(tasks, ResultStore("results/warning"), workers=2)  # resumable
-    table = evaluate_detectors(traces, horizon=10)  # one row per detector
+    encoders = fit_meta_states([t for t in traces if t.scenario == CALIBRATION])
+    table = evaluate_detectors(with_meta_states(traces, encoders), horizon=10)  # a row each
 
 Submodules: :mod:`~trainenv.warning.detectors` (streaming detectors and threshold
-calibration), :mod:`~trainenv.warning.simulation` (reference runs and ramps, recorded as
-traces), :mod:`~trainenv.warning.evaluation` (detection rate, lead time, false alarms, AUROC).
+calibration), :mod:`~trainenv.warning.learned` (a logistic-regression baseline),
+:mod:`~trainenv.warning.simulation` (calibration and reference runs and ramps, recorded as
+traces), :mod:`~trainenv.warning.metastates` (the full and leak-free meta-states fitted on
+calibration runs), :mod:`~trainenv.warning.evaluation` (detection rate, lead time, false
+alarms, AUROC).
 Names load on first use, so ``import trainenv.warning`` stays light.
 """
 
@@ -30,6 +36,14 @@ _LAZY = {
     "MetaStateDeviation": "trainenv.warning.detectors",
     "SelfDeviation": "trainenv.warning.detectors",
     "calibrate_threshold": "trainenv.warning.detectors",
+    "threshold_at": "trainenv.warning.detectors",
+    "LogisticBaseline": "trainenv.warning.learned",
+    "FULL": "trainenv.warning.metastates",
+    "LEAK_FREE": "trainenv.warning.metastates",
+    "fit_meta_states": "trainenv.warning.metastates",
+    "leak_free_channels": "trainenv.warning.metastates",
+    "with_meta_states": "trainenv.warning.metastates",
+    "CALIBRATION": "trainenv.warning.simulation",
     "Ramp": "trainenv.warning.simulation",
     "Task": "trainenv.warning.simulation",
     "Trace": "trainenv.warning.simulation",
@@ -41,6 +55,10 @@ _LAZY = {
     "read_traces": "trainenv.warning.simulation",
     "DETECTORS": "trainenv.warning.evaluation",
     "PRIMARY": "trainenv.warning.evaluation",
+    "FULL_METASTATE": "trainenv.warning.evaluation",
+    "BASELINE": "trainenv.warning.evaluation",
+    "LEARNED": "trainenv.warning.evaluation",
+    "CLAIM3": "trainenv.warning.evaluation",
     "evaluate_detectors": "trainenv.warning.evaluation",
     "auroc": "trainenv.warning.evaluation",
     "lead_time": "trainenv.warning.evaluation",

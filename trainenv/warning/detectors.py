@@ -25,6 +25,7 @@ __all__ = [
     "MetaStateDeviation",
     "SelfDeviation",
     "calibrate_threshold",
+    "threshold_at",
 ]
 
 
@@ -116,11 +117,19 @@ def calibrate_threshold(
 ) -> float:
     """Set ``detector.threshold`` so that a share ``false_alarm_rate`` of the steps of
     unperturbed ``reference_runs`` would alarm (the score quantile); return it."""
+    scores = (detector.scores(run) for run in reference_runs)  # scored after validation
+    detector.threshold = threshold_at(scores, false_alarm_rate)
+    return detector.threshold
+
+
+def threshold_at(scores: Iterable[np.ndarray], false_alarm_rate: float) -> float:
+    """The ``1 - false_alarm_rate`` quantile of the finite ``scores`` of unperturbed runs
+    (each an array of per-step scores): the threshold a share ``false_alarm_rate`` of their
+    steps exceeds."""
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
-    scores = np.concatenate([detector.scores(run) for run in reference_runs])
-    detector.threshold = float(np.quantile(scores[np.isfinite(scores)], 1 - false_alarm_rate))
-    return detector.threshold
+    pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])
+    return float(np.quantile(pooled[np.isfinite(pooled)], 1 - false_alarm_rate))
 
 
 class MetaStateDeviation(Detector):

@@ -1,13 +1,17 @@
 """Early-warning evaluation: do detectors alarm before a run collapses, and how early?
 
 The inputs are :class:`~trainenv.warning.simulation.Trace` s: reference runs and ramps per
-seed, with each run's collapse onset ``T``.
+seed, with each run's collapse onset ``T`` (and the meta-states' inputs,
+:func:`~trainenv.warning.metastates.with_meta_states`).
 
-**Detectors** (:data:`DETECTORS`) score every step. Each is calibrated to the same false-alarm
-rate ``alpha`` on reference runs, cross-fitted by seed: the threshold applied to seed ``s``'s
-runs is the ``1 - alpha`` quantile of the scores of the *other* seeds' reference runs
-(:func:`~trainenv.warning.detectors.calibrate_threshold`), so the false-alarm rate reported is
-out of sample.
+**Detectors** score every step: the streaming ones of :data:`DETECTORS` and the learned ones
+of :data:`LEARNED`. Each is calibrated to the same false-alarm rate ``alpha`` on reference
+runs, cross-fitted by seed: the threshold applied to seed ``s``'s runs is the ``1 - alpha``
+quantile of the scores of the *other* seeds' reference runs
+(:func:`~trainenv.warning.detectors.threshold_at`), so the false-alarm rate reported is out of
+sample. A learned detector is cross-fitted the same way: the model scoring seed ``s`` is
+trained on the other seeds' runs only, and the reference scores its threshold comes from are
+each out of fold too (seed ``s'``'s from a model trained on neither ``s`` nor ``s'``).
 
 **Statistics** per detector, with ``H`` the horizon in steps and ``k`` updates per step:
 
@@ -21,7 +25,9 @@ out of sample.
 - AUROC of the score for "collapse onset within ``H`` steps": the samples are every step of the
   reference runs and the steps from the ramp's onset of the perturbed runs (before it they
   repeat the reference run of the same seed), up to ``T`` for a collapsed run; a step ``t`` is
-  positive iff ``0 <= T - t <= H`` (:func:`auroc`, equal to scikit-learn's ``roc_auc_score``).
+  positive iff ``0 <= T - t <= H`` (:func:`auroc`, equal to scikit-learn's ``roc_auc_score``;
+  :meth:`~trainenv.warning.simulation.Trace.labelled_steps`);
+- the AUROC difference from the primary detector's, paired (the same seed resamples).
 
 Confidence intervals: percentile bootstrap over seeds, the independent unit
 (:func:`~trainenv.audit.metrics.bootstrap_ci`).
@@ -32,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -44,11 +51,22 @@ from trainenv.warning.detectors import (
     LossSpike,
     MetaStateDeviation,
     SelfDeviation,
-    calibrate_threshold,
+    threshold_at,
 )
+from trainenv.warning.learned import LogisticBaseline, Scorer
 from trainenv.warning.simulation import Trace
 
-__all__ = ["DETECTORS", "PRIMARY", "auroc", "evaluate_detectors", "lead_time"]
+__all__ = [
+    "BASELINE",
+    "CLAIM3",
+    "DETECTORS",
+    "FULL_METASTATE",
+    "LEARNED",
+    "PRIMARY",
+    "auroc",
+    "evaluate_detectors",
+    "lead_time",
+]
 
 DETECTORS: dict[str, tuple[Callable[[], Detector], str]] = {
     "meta-state deviation": (MetaStateDeviation, "deviation"),
@@ -57,8 +75,23 @@ DETECTORS: dict[str, tuple[Callable[[], Detector], str]] = {
     "grad-norm z-score": (GradNormZScore, "grad_norm"),
     "CUSUM (loss)": (Cusum, "loss"),
 }
-"""Detector name -> (factory with default settings, the :class:`Trace` input it reads)."""
-PRIMARY = "meta-state deviation"  # the detector claim 3 is about
+"""Detector name -> (factory with default settings, the :class:`Trace` input it reads); the
+monitor's table too (:data:`trainenv.monitor.monitor.DETECTORS`)."""
+
+PRIMARY = "leak-free meta-state deviation"  # the detector claim 3 is about
+FULL_METASTATE = "full meta-state deviation"  # the same on every channel: it leaks
+BASELINE = "logistic regression"  # the learned baseline, on the leak-free meta-state's inputs
+CLAIM3: dict[str, tuple[Callable[[], Detector], str]] = {
+    PRIMARY: DETECTORS["meta-state deviation"],
+    FULL_METASTATE: (MetaStateDeviation, "deviation_full"),
+    "leak-free self-deviation": DETECTORS["self-deviation"],
+    **{name: DETECTORS[name] for name in ("loss spike", "grad-norm z-score", "CUSUM (loss)")},
+}
+"""Claim 3's streaming detectors, on traces with meta-states
+(:func:`~trainenv.warning.metastates.with_meta_states`: ``deviation`` and ``latents`` are the
+leak-free meta-state's)."""
+LEARNED: dict[str, LogisticBaseline] = {BASELINE: LogisticBaseline("features_leak_free")}
+"""Claim 3's learned detectors: name -> the model, trained per cross-fitting fold."""
 
 
 @dataclass
@@ -82,14 +115,19 @@ def evaluate_detectors(
     n_boot: int = 1000,
     confidence: float = 0.95,
     detectors: Mapping[str, tuple[Callable[[], Detector], str]] = DETECTORS,
+    learned: Mapping[str, LogisticBaseline] | None = None,
+    primary: str = "meta-state deviation",
 ) -> pd.DataFrame:
     """Per detector: detection rate, median lead time (updates), false-alarm rate, alarmed
     survivors and AUROC, with bootstrap CIs over seeds (see the module docstring).
 
-    Returns one row per detector with columns ``detector``, ``input``, ``threshold`` (median
-    over the cross-fitting folds), ``collapses``, ``detected``, ``detection_rate`` (+
-    ``_lo``/``_hi``), ``lead_median`` (+ ``_lo``/``_hi``), ``false_alarm_rate``, ``survivors``,
-    ``alarmed_survivors``, ``auroc`` (+ ``_lo``/``_hi``).
+    Returns one row per detector (``detectors``, then ``learned``) with columns ``detector``,
+    ``input``, ``threshold`` (median over the cross-fitting folds), ``collapses``,
+    ``detected``, ``detection_rate`` (+ ``_lo``/``_hi``), ``lead_median`` (+ ``_lo``/``_hi``),
+    ``false_alarm_rate``, ``survivors``, ``alarmed_survivors``, ``auroc`` (+ ``_lo``/``_hi``)
+    and ``auroc_vs_primary`` (+ ``_lo``/``_hi``: this AUROC minus that of the detector named
+    ``primary``; NaN without it). Claim 3 passes :data:`CLAIM3`, :data:`LEARNED` and
+    :data:`PRIMARY`.
     """
     if horizon < 0:
         raise ValueError(f"horizon must be >= 0 steps, got {horizon}")
@@ -97,31 +135,56 @@ def evaluate_detectors(
     reference_seeds = {t.seed for t in traces if t.reference}
     if len(reference_seeds) < 2 or reference_seeds != set(seeds):
         raise ValueError("traces: every seed needs a reference run, and >= 2 seeds (cross-fitting)")
-    rows = []
+    evaluated: dict[str, tuple[str, list[_SeedOutcome], list[float]]] = {}
     for name, (factory, key) in detectors.items():
-        outcomes, thresholds = _outcomes(traces, seeds, factory, key, horizon, false_alarm_rate)
+        streaming = _streaming(factory, key)
+        evaluated[name] = (key, *_outcomes(traces, seeds, streaming, horizon, false_alarm_rate))
+    for name, model in (learned or {}).items():
+        fit = partial(model.fit, horizon=horizon)
+        fold = _outcomes(traces, seeds, fit, horizon, false_alarm_rate, learns=True)
+        evaluated[name] = (model.input, *fold)
+    reference = evaluated[primary][1] if primary in evaluated else None
+    rows = []
+    for name, (key, outcomes, thresholds) in evaluated.items():
         rows.append({"detector": name, "input": key, "threshold": float(np.median(thresholds)),
-                     **_statistics(outcomes, n_boot, confidence)})  # fmt: skip
+                     **_statistics(outcomes, n_boot, confidence),
+                     **_auroc_difference(outcomes, reference, n_boot, confidence)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _streaming(factory: Callable[[], Detector], key: str) -> Callable[[Sequence[Trace]], Scorer]:
+    """A streaming detector as a "fit": nothing to learn, the same scorer for every fold."""
+
+    def score(trace: Trace) -> np.ndarray:
+        return factory().scores(trace.inputs[key])
+
+    return lambda train: score
 
 
 def _outcomes(
     traces: Sequence[Trace],
     seeds: list[int],
-    factory: Callable[[], Detector],
-    key: str,
+    fit: Callable[[Sequence[Trace]], Scorer],
     horizon: int,
     alpha: float,
+    learns: bool = False,
 ) -> tuple[list[_SeedOutcome], list[float]]:
-    """Per seed (thresholds cross-fitted on the other seeds): the detector's outcomes."""
+    """Per held-out seed: the outcomes of the scorer fitted on the other seeds' runs, at the
+    threshold from the other seeds' calm reference runs. ``learns``: the scorer depends on
+    its training runs, so each calm run is scored by one fitted without its seed either."""
     outcomes, thresholds = [], []
     for seed in seeds:
-        others = [t.inputs[key] for t in traces if _calm(t) and t.seed != seed]
-        threshold = calibrate_threshold(factory(), others, alpha)
+        train = [t for t in traces if t.seed != seed]
+        score = fit(train)
+        calibration = []
+        for other in sorted({t.seed for t in train}):
+            inner = fit([t for t in train if t.seed != other]) if learns else score
+            calibration += [inner(t) for t in train if t.seed == other and _calm(t)]
+        threshold = threshold_at(calibration, alpha)
         thresholds.append(threshold)
         outcome = _SeedOutcome()
         for trace in (t for t in traces if t.seed == seed):
-            _record(outcome, trace, factory().scores(trace.inputs[key]), threshold, horizon)
+            _record(outcome, trace, score(trace), threshold, horizon)
         outcomes.append(outcome)
     return outcomes, thresholds
 
@@ -131,14 +194,10 @@ def _record(
 ) -> None:
     """Add one run's alarms, lead time and AUROC samples to its seed's outcome."""
     alarms = scores > threshold
-    first = 0 if trace.ramp_onset is None else trace.ramp_onset - 1  # 0-based, first sample
-    last = len(scores) if trace.collapse_onset is None else trace.collapse_onset
-    steps = np.arange(first + 1, last + 1)  # 1-based steps of the AUROC samples
+    first, last, labels = trace.labelled_steps(horizon)
     outcome.scores.append(scores[first:last])
-    if trace.collapse_onset is None:
-        outcome.labels.append(np.zeros(len(steps), dtype=bool))
-    else:
-        outcome.labels.append(trace.collapse_onset - steps <= horizon)
+    outcome.labels.append(labels)
+    if trace.collapse_onset is not None:
         outcome.collapses += 1
         lead = lead_time(alarms, trace.collapse_onset, horizon)
         if lead is not None:
@@ -196,10 +255,7 @@ def _statistics(o: list[_SeedOutcome], n_boot: int, confidence: float) -> dict[s
         return np.array([_median([x for i in row for x in o[i].leads]) for row in draws])
 
     def area(draws: np.ndarray) -> np.ndarray:
-        return np.array(
-            [auroc(np.concatenate([s for i in row for s in o[i].scores]),
-                   np.concatenate([s for i in row for s in o[i].labels])) for row in draws]
-        )  # fmt: skip
+        return np.array([_pooled_auroc(o, row) for row in draws])
 
     everyone = np.arange(len(o))[None, :]
     stats: dict[str, float] = {"collapses": int(collapses.sum()), "detected": int(detected.sum())}
@@ -213,6 +269,30 @@ def _statistics(o: list[_SeedOutcome], n_boot: int, confidence: float) -> dict[s
     alarmed = sum(x.alarmed_survivors for x in o)
     stats["alarmed_survivors"] = alarmed / survivors if survivors else math.nan
     return stats
+
+
+def _auroc_difference(
+    o: list[_SeedOutcome], primary: list[_SeedOutcome] | None, n_boot: int, confidence: float
+) -> dict[str, float]:
+    """This detector's AUROC minus the primary's, with a paired bootstrap CI over seeds (both
+    AUROCs from the same resample)."""
+    if primary is None:
+        return dict.fromkeys(("auroc_vs_primary", "auroc_vs_primary_lo", "auroc_vs_primary_hi"),
+                             math.nan)  # fmt: skip
+    reference = primary
+
+    def difference(draws: np.ndarray) -> np.ndarray:
+        return np.array([_pooled_auroc(o, row) - _pooled_auroc(reference, row) for row in draws])
+
+    value = float(difference(np.arange(len(o))[None, :])[0])
+    lo, hi = bootstrap_ci(difference, len(o), n_boot, confidence)
+    return {"auroc_vs_primary": value, "auroc_vs_primary_lo": lo, "auroc_vs_primary_hi": hi}
+
+
+def _pooled_auroc(outcomes: list[_SeedOutcome], seeds: np.ndarray) -> float:
+    """The AUROC of the samples of the seeds (indices into ``outcomes``, repeats allowed)."""
+    scores = np.concatenate([s for i in seeds for s in outcomes[i].scores])
+    return auroc(scores, np.concatenate([s for i in seeds for s in outcomes[i].labels]))
 
 
 def _median(values: list[float]) -> float:

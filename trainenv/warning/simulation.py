@@ -6,9 +6,13 @@ log-scale interventions) over ``steps`` steps from step ``onset``, then holds at
 knob intervention is re-issued every step, an event fires every step. Gradual perturbations,
 because no detector can warn of a collapse that its inputs and the performance show at the
 same step; mild ramps (runs survive them) and severe ones (they do not) give both outcomes.
-Runs go through ``env.intervene`` with the ramp's ``{name: magnitude}`` and record what
-``info`` holds (:class:`Trace`); :func:`simulate_runs` runs many through a backend into a
-results store, so an interrupted evaluation resumes.
+Runs go through ``env.intervene`` with the ramp's ``{name: magnitude}`` and record, per step,
+``p``, the loss and gradient norm, the update count and the window features of every telemetry
+channel (:class:`Trace`); meta-states are fitted on those features afterwards
+(:mod:`~trainenv.warning.metastates`), from *calibration* runs: unperturbed runs with the
+seeds :func:`~trainenv.calibration.calibrate` uses, kept apart from the evaluated ones.
+:func:`simulate_runs` runs many through a backend into a results store, so an interrupted
+evaluation resumes.
 
 **Collapse.** A run collapses when the env's collapse rule fires (``terminated``). Its
 *collapse onset* ``T`` is the step the collapse became observable: the first step of the final
@@ -30,12 +34,16 @@ from trainenv.audit.backends import make_backend
 from trainenv.audit.runner import run_id
 from trainenv.audit.store import ResultStore, RunRecord
 from trainenv.audit.tasks import backend_for, run_tasks
+from trainenv.calibration import REFERENCE_SEED_BASE
 from trainenv.core import interventions as registry
 from trainenv.core.collapse import CollapseRule, CollapseState
+from trainenv.core.metastate import window_features
 from trainenv.env import TrainEnv
 
 __all__ = [
+    "CALIBRATION",
     "LOSS_CHANNELS",
+    "RECORDED",
     "REFERENCE",
     "Ramp",
     "Task",
@@ -50,6 +58,8 @@ __all__ = [
 ]
 
 REFERENCE = "reference"  # the scenario of an unperturbed run
+CALIBRATION = "calibration"  # the scenario of an unperturbed run that meta-states are fitted on
+RECORDED = ("loss", "grad_norm", "updates", "features")  # the inputs simulate_run records
 LOSS_CHANNELS = ("train_loss", "loss")  # the first a trainer has is "the loss"
 
 
@@ -97,10 +107,15 @@ class Trace:
         scenario: :data:`REFERENCE` or the ramp's label.
         k: Updates per step.
         p: Normalised performance, shape ``(T,)``.
-        inputs: Detector inputs, each ``(T,)`` or ``(T, d)``: ``deviation``
-            (``info["deviation"]``), ``latents`` (the meta-state), ``loss``, ``grad_norm``.
+        inputs: Detector inputs, each ``(T,)`` or ``(T, d)``. Recorded (:data:`RECORDED`):
+            ``loss``, ``grad_norm``, ``updates`` (the run's update count) and ``features``
+            (the window features of every channel, ``(T, 3 C)``, as
+            :func:`~trainenv.core.metastate.window_features` lays them out); added by
+            :func:`~trainenv.warning.metastates.with_meta_states`: deviations, latents.
         collapse_onset: Collapse onset step ``T`` (``None``: the run did not collapse).
         ramp_onset: First perturbed step (``None`` for a reference run).
+        channels: The telemetry channels ``features`` cover, in order.
+        roles: Each channel's :data:`~trainenv.core.telemetry.ChannelRole`.
     """
 
     paradigm: str
@@ -111,10 +126,26 @@ class Trace:
     inputs: dict[str, np.ndarray]
     collapse_onset: int | None = None
     ramp_onset: int | None = None
+    channels: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
     @property
     def reference(self) -> bool:
+        """An unperturbed run (calibration runs too)."""
         return self.ramp_onset is None
+
+    def labelled_steps(self, horizon: int) -> tuple[int, int, np.ndarray]:
+        """The steps scored for "collapse onset within ``horizon`` steps": ``(first, last,
+        labels)``, samples ``first:last`` (0-based indices) and their labels, ``(last -
+        first,)`` booleans. Every step of a reference run; a perturbed run's from its ramp's
+        onset (before it, it repeats the reference run of its seed), up to ``T`` if it
+        collapsed; step ``t`` is positive iff ``0 <= T - t <= horizon``."""
+        first = 0 if self.ramp_onset is None else self.ramp_onset - 1
+        last = len(self.p) if self.collapse_onset is None else self.collapse_onset
+        steps = np.arange(first + 1, last + 1)  # 1-based
+        if self.collapse_onset is None:
+            return first, last, np.zeros(len(steps), dtype=bool)
+        return first, last, self.collapse_onset - steps <= horizon
 
 
 @dataclass(frozen=True)
@@ -128,10 +159,14 @@ class Task:
     ramp: Ramp | None
     interventions: tuple[str, ...]  # every ramp's intervention: one env serves all the tasks
     loss_channel: str | None = None  # default: the first of LOSS_CHANNELS the trainer has
+    calibration: bool = False  # an unperturbed run to fit meta-states on, not to evaluate
 
     @property
     def scenario(self) -> str:
-        """:data:`REFERENCE` or the ramp's label (the :class:`Trace` keeps it)."""
+        """:data:`CALIBRATION`, :data:`REFERENCE` or the ramp's label (the :class:`Trace`
+        keeps it)."""
+        if self.calibration:
+            return CALIBRATION
         return self.ramp.label if self.ramp else REFERENCE
 
 
@@ -154,23 +189,23 @@ def _env(task: Task) -> TrainEnv:
 def simulate_run(task: Task) -> Trace:
     """Run one task through ``env.intervene`` and record its trace."""
     env = _env(task)
-    if env.encoder is None or env.encoder.band_ is None:
-        raise ValueError(f"{task.env}: the early-warning evaluation needs an encoder with a band")
+    if env.encoder is None:
+        raise ValueError(f"{task.env}: the early-warning evaluation needs the env's encoder, "
+                         "whose window the features are computed over")  # fmt: skip
     channels = [c.name for c in env.trainer.channels]
     loss = task.loss_channel or next((c for c in LOSS_CHANNELS if c in channels), None)
     if loss not in channels or "grad_norm" not in channels:
         raise ValueError(f"{task.env}: needs a loss channel and grad_norm, has {channels}")
     _, info = env.reset(seed=task.seed)
-    p0, rows, reason = info["p"], [], None
-    d = env.encoder.n_components
+    p0, rows, features, reason = info["p"], [], [], None
     for step in range(1, env.max_steps + 1):
         ramp = task.ramp
         magnitude = ramp.magnitude(step) if ramp else None
         ramped = {} if ramp is None or magnitude is None else {ramp.intervention: magnitude}
-        obs, _, terminated, truncated, info = env.intervene(ramped)
+        _, _, terminated, truncated, info = env.intervene(ramped)
         telemetry = info["telemetry"]
-        rows.append((info["p"], info["deviation"], telemetry[loss], telemetry["grad_norm"],
-                     *obs[:d]))  # fmt: skip
+        rows.append((info["p"], telemetry[loss], telemetry["grad_norm"], info["updates"]))
+        features.append(window_features(env.telemetry_window))
         if terminated:
             reason = info["collapse"]
         if terminated or truncated:
@@ -183,13 +218,15 @@ def simulate_run(task: Task) -> Trace:
         k=env.k,
         p=values[:, 0],
         inputs={
-            "deviation": values[:, 1],
-            "loss": values[:, 2],
-            "grad_norm": values[:, 3],
-            "latents": values[:, 4:],
+            "loss": values[:, 1],
+            "grad_norm": values[:, 2],
+            "updates": values[:, 3].astype(np.int64),
+            "features": np.asarray(features, dtype=np.float64),
         },
         collapse_onset=collapse_onset(values[:, 0], p0, env.collapse_rule, reason),
         ramp_onset=task.ramp.onset + 1 if task.ramp else None,
+        channels=tuple(channels),
+        roles=tuple(c.role for c in env.trainer.channels),
     )
 
 
@@ -222,19 +259,32 @@ def tasks_for(
     seeds: Iterable[int],
     env_kwargs: Mapping[str, Any] | None = None,
     loss_channel: str | None = None,
+    calibration: int = 0,
 ) -> list[Task]:
-    """Per seed, a reference run and one run per ramp."""
+    """Per seed, a reference run and one run per ramp; first, ``calibration`` unperturbed
+    calibration runs (seeds ``REFERENCE_SEED_BASE + i``, as ``trainenv calibrate``'s)."""
     names = tuple(sorted({r.intervention for r in ramps}))
-    return [
-        Task(paradigm, env, dict(env_kwargs or {}), seed, ramp, names, loss_channel)
+    kwargs = dict(env_kwargs or {})
+    calibrating = [
+        Task(paradigm, env, kwargs, REFERENCE_SEED_BASE + i, None, names, loss_channel, True)
+        for i in range(calibration)
+    ]
+    return calibrating + [
+        Task(paradigm, env, kwargs, seed, ramp, names, loss_channel)
         for seed in seeds
         for ramp in (None, *ramps)
     ]
 
 
 # -- storage ----------------------------------------------------------------------------------
+# traces_frame's columns that are not inputs (and the results store's run id)
+_META = ("paradigm", "seed", "scenario", "k", "step", "p", "collapse_onset", "ramp_onset",
+         "channels", "roles", "run_id")  # fmt: skip
+
+
 def traces_frame(traces: Sequence[Trace]) -> pd.DataFrame:
-    """Traces as one table, a row per step (latents as lists), for Parquet."""
+    """Traces as one table, a row per step (2-D inputs as lists; channels and roles as
+    comma-separated text), for Parquet."""
     frames = []
     for trace in traces:
         n = len(trace.p)
@@ -243,6 +293,7 @@ def traces_frame(traces: Sequence[Trace]) -> pd.DataFrame:
                 "paradigm": trace.paradigm, "seed": trace.seed, "scenario": trace.scenario,
                 "k": trace.k, "step": np.arange(1, n + 1), "p": trace.p,
                 "collapse_onset": trace.collapse_onset or 0, "ramp_onset": trace.ramp_onset or 0,
+                "channels": ",".join(trace.channels), "roles": ",".join(trace.roles),
                 **{key: value.tolist() if value.ndim > 1 else value
                    for key, value in trace.inputs.items()},
             })
@@ -265,16 +316,24 @@ def read_traces(frame: pd.DataFrame) -> list[Trace]:
                 k=int(first["k"]),
                 p=rows["p"].to_numpy(float),
                 inputs={
-                    "deviation": rows["deviation"].to_numpy(float),
-                    "loss": rows["loss"].to_numpy(float),
-                    "grad_norm": rows["grad_norm"].to_numpy(float),
-                    "latents": np.stack(rows["latents"].to_numpy()).astype(float),
-                },
+                    key: _column(rows[key])
+                    for key in rows.columns
+                    if key not in _META and not rows[key].isna().all()
+                },  # fmt: skip
                 collapse_onset=int(first["collapse_onset"]) or None,
                 ramp_onset=int(first["ramp_onset"]) or None,
+                channels=tuple(filter(None, str(first["channels"]).split(","))),
+                roles=tuple(filter(None, str(first["roles"]).split(","))),
             )
         )
     return traces
+
+
+def _column(values: pd.Series) -> np.ndarray:
+    """An input column back as ``(T,)`` or, for one of lists, ``(T, d)`` floats."""
+    if np.ndim(values.iloc[0]) > 0:
+        return np.stack(values.to_numpy()).astype(float)
+    return values.to_numpy(float)
 
 
 def task_id(task: Task) -> str:
@@ -282,7 +341,8 @@ def task_id(task: Task) -> str:
     return run_id({
         "paradigm": task.paradigm, "env": task.env, "env_kwargs": dict(task.env_kwargs),
         "seed": task.seed, "ramp": repr(task.ramp), "interventions": list(task.interventions),
-        "loss_channel": task.loss_channel,
+        "loss_channel": task.loss_channel, "calibration": task.calibration,
+        "recorded": list(RECORDED),
     })  # fmt: skip
 
 
