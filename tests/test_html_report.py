@@ -98,7 +98,8 @@ def test_the_page_holds_the_reports_tables_and_its_figures_inline(findings_repor
         assert base64.b64decode(payload) == (findings_report.parent / figure).read_bytes()
     # Each Markdown table is an HTML table with the same cells, header row first.
     tables = markdown_tables(markdown)
-    assert len(tables) == 4 and tables[0][0] == ["claim", "per paradigm", "overall"]
+    # The verdicts, the paper's claims against ours, and one table per claim.
+    assert len(tables) == 5 and tables[0][0] == ["claim", "per paradigm", "overall"]
     assert page.tables == tables
 
 

@@ -13,7 +13,7 @@ from trainenv.audit.formatting import format_interval as _ci
 from trainenv.audit.formatting import format_number as _num
 from trainenv.audit.formatting import format_table
 from trainenv.audit.html import write_html
-from trainenv.findings.claims import Findings
+from trainenv.findings.claims import EarlyWarning, Findings
 from trainenv.findings.config import (
     FULL_EXPECTED_MINUTES,
     FindingsConfig,
@@ -23,15 +23,23 @@ from trainenv.findings.config import (
 )
 from trainenv.findings.figures import plot_buffering, plot_decoupling, plot_detectors, plot_example
 from trainenv.findings.verdicts import CONFIDENCE, OVERALL_RULE, RULES
-from trainenv.warning.evaluation import PRIMARY
+from trainenv.warning.evaluation import BASELINE, FULL_METASTATE, PRIMARY
+from trainenv.warning.metastates import FULL, LEAK_FREE
 
-__all__ = ["CLAIMS", "SOURCE", "write_findings"]
+__all__ = ["CLAIMS", "PAPER", "SOURCE", "write_findings"]
 
 CLAIMS = {
     1: "High final performance is frequently decoupled from training stability.",
     2: "Controlled stochasticity buffers learning dynamics.",
     3: "Deviations of the low-dimensional meta-state precede performance collapse.",
 }
+PAPER = {
+    1: "high final performance is frequently decoupled from training stability",
+    2: "controlled stochasticity consistently buffers learning dynamics across paradigms",
+    3: "deviations in low-dimensional latent meta-states systematically precede observable "
+    "performance collapse",
+}
+"""The paper's statement of each claim, verbatim from its abstract (``/work/shared/seed``)."""
 SOURCE = (
     "Li, Yang, Yao and Zhang (2026), *Training instability in deep learning follows "
     "low-dimensional dynamical principles*, arXiv:2601.13160 (StabilityBench)."
@@ -132,6 +140,17 @@ def _markdown(findings: Findings, figures: dict[str, str]) -> str:
         f"intervals are {CONFIDENCE:.0%} percentile bootstraps over seeds (claim 1: over "
         f"recipes and seeds), {config.n_boot} resamples. {OVERALL_RULE}",
         "",
+        "## The paper's claims against ours",
+        "",
+        _comparison_table(findings),
+        "",
+        "Effect sizes: claim 1, Spearman's rho between recipes' final performance and "
+        "stability (decoupled: near 0); claim 2, the mean paired drawdown difference with "
+        "minus without the stochasticity knob (units of p; buffering: below 0) and d_z; claim "
+        "3, the AUROC of the leak-free meta-state deviation for 'collapse within H steps' "
+        "(0.5: chance) and its difference from the logistic-regression baseline's (above 0: "
+        "the meta-state does better).",
+        "",
     ]
     lines += _claim1(findings, figures) + _claim2(findings, figures) + _claim3(findings, figures)
     lines += _caveats()
@@ -144,6 +163,35 @@ def _verdict_table(findings: Findings) -> str:
         tested = ", ".join(f"{name}: {v}" for name, v in per.items()) or "not tested"
         rows.append([f"{claim}. {CLAIMS[claim]}", tested, f"**{verdict}**" if per else "-"])
     return format_table(["claim", "per paradigm", "overall"], rows, markdown=True)
+
+
+def _comparison_table(findings: Findings) -> str:
+    """Per claim and paradigm: the paper's statement, our verdict, the effect size and CI."""
+    rows = []
+    for claim, (per, _) in findings.verdicts().items():
+        statement = f'{claim}. "{PAPER[claim]}"'
+        if not per:
+            rows.append([statement, "-", "not tested in this run", "-"])
+        for i, (name, verdict) in enumerate(per.items()):
+            rows.append([statement if i == 0 else "", name, f"**{verdict}**",
+                         _effect(findings, claim, name)])  # fmt: skip
+    return format_table(["the paper says", "paradigm", "our verdict", "effect size [CI]"], rows,
+                        markdown=True)  # fmt: skip
+
+
+def _effect(findings: Findings, claim: int, name: str) -> str:
+    if claim == 1:
+        d = findings.decoupling[name]
+        return f"rho {_num(d.rho, '+.2f')} {_ci(d.lo, d.hi, '+.2f')}"
+    if claim == 2:
+        e = findings.buffering[name].drawdown
+        return (f"drawdown difference {_num(e['mean'], '+.3f')} "
+                f"{_ci(e['mean_lo'], e['mean_hi'], '+.3f')}; d_z {_num(e['d_z'], '+.2f')} "
+                f"{_ci(e['d_z_lo'], e['d_z_hi'], '+.2f')}")  # fmt: skip
+    table = findings.warning[name].table
+    p = table.set_index("detector").loc[PRIMARY]
+    return (f"AUROC {_num(p.auroc, '.3f')} {_ci(p.auroc_lo, p.auroc_hi, '.3f')}; minus the "
+            f"logistic baseline's {_versus_baseline(table)[0]}")  # fmt: skip
 
 
 def _paradigm(findings: Findings, name: str) -> Paradigm:
@@ -270,25 +318,46 @@ def _claim3(findings: Findings, figures: dict[str, str]) -> list[str]:
     lines = [f"## Claim 3: {CLAIMS[3]}", ""]
     if not findings.warning:
         return [*lines, "Not tested in this run.", ""]
+    rate = findings.config.false_alarm_rate
     lines += [
         "**Design.** Per seed, one unperturbed reference run of the registered recipe and one "
         "run per *ramp*: a perturbation whose magnitude grows every step from a small to a "
         "large value, then holds (mild ramps that runs survive, severe ones that they do not). "
         "A run collapses when the env's collapse rule fires; the *collapse onset* T is the "
-        "first step of the final streak below the rule's threshold. Detectors score every "
-        "step: the **meta-state deviation** (Mahalanobis distance of the latent meta-state from "
-        "the reference band of unperturbed calibration runs at the same training progress, "
-        "`info['deviation']`), the **self-deviation** (distance of the latent from the run's "
-        "own recent history), and the baselines practitioners use: a **loss spike** rule "
-        "(Lightning), a **gradient-norm z-score** (ZClip) and **CUSUM** on the loss. Each is "
-        f"calibrated to a {findings.config.false_alarm_rate:.0%} per-step false-alarm rate on "
-        "reference runs, cross-fitted by seed (thresholds for a seed come from the other "
-        "seeds' reference runs, so the false-alarm rate shown is out of sample). A collapse "
-        "is *detected* if an alarm falls in the steps T - H .. T; the *lead time* is T minus "
-        "the first such alarm, in updates (so at most H steps' worth). *Alarmed survivors*: "
-        "share of perturbed runs that did not collapse yet alarmed after the ramp began. "
-        "AUROC: of the score for 'collapse onset within H steps', over the steps of reference "
-        "runs and the perturbed runs' steps from the ramp's onset up to T.",
+        "first step of the final streak below the rule's threshold.",
+        "",
+        "**Meta-states.** Two encoders (scaler + whitened PCA of telemetry-window features, "
+        "with a reference band of where unperturbed runs' latents lie at each point of "
+        "training, fitted as `trainenv calibrate` fits an environment's) are fitted on the "
+        "same unperturbed *calibration* runs (seeds apart from the evaluated ones), so they "
+        "differ only in the channels they read. The **full meta-state** reads every telemetry "
+        "channel, including the performance channels the collapse rule is defined on "
+        "(validation accuracy or loss, episode return) and the knob channels a perturbation "
+        "sets directly (the learning rate in force): a detector reading those 'precedes "
+        "collapse' trivially. The **leak-free meta-state** reads only the channels each "
+        "trainer declares as training dynamics (`ChannelSpec.role`); claim 3's verdict is "
+        "its deviation's.",
+        "",
+        "**Detectors** score every step: the **leak-free meta-state deviation** (Mahalanobis "
+        "distance of the latent from the band at the same training progress, what "
+        "`info['deviation']` reports with that encoder), the **full meta-state deviation** "
+        "(the same on every channel), the **leak-free self-deviation** (distance of the "
+        "leak-free latent from the run's own recent history), the baselines practitioners "
+        "use — a **loss spike** rule (Lightning), a **gradient-norm z-score** (ZClip), "
+        "**CUSUM** on the loss — and a learned baseline, **logistic regression** "
+        "(scikit-learn, standardised inputs, balanced classes) on the very window features "
+        "the leak-free meta-state reads, trained to predict 'collapse within H steps'. Each "
+        f"is calibrated to a {rate:.0%} per-step false-alarm rate on reference runs, "
+        "cross-fitted by seed: thresholds for a seed come from the other seeds' reference "
+        "runs, so the false-alarm rate shown is out of sample; the logistic model scoring a "
+        "seed is trained on the other seeds' runs only, and the reference scores its "
+        "threshold comes from are out of fold too. A collapse is *detected* if an alarm "
+        "falls in the steps T - H .. T; the *lead time* is T minus the first such alarm, in "
+        "updates (so at most H steps' worth). *Alarmed survivors*: share of perturbed runs "
+        "that did not collapse yet alarmed after the ramp began. AUROC: of the score for "
+        "'collapse onset within H steps', over the steps of reference runs and the perturbed "
+        "runs' steps from the ramp's onset up to T; *vs leak-free*: this AUROC minus the "
+        "leak-free meta-state's, paired over the same seed resamples.",
         "",
     ]
     for name, w in findings.warning.items():
@@ -307,9 +376,13 @@ def _claim3(findings: Findings, figures: dict[str, str]) -> list[str]:
             f"{int(primary['collapses'])} collapses, {int(primary['survivors'])} perturbed "
             "survivors.",
             "",
+            _encoders(w),
+            "",
             format_table(*_detector_rows(w.table), markdown=True),
             "",
             _best_detectors(w.table),
+            "",
+            _against_baseline(w.table),
             "",
             f"Verdict ({name}): **{w.verdict}**.",
             "",
@@ -326,20 +399,70 @@ def _best_detectors(table: pd.DataFrame) -> str:
     best = by["auroc"].idxmax()
     line = f"Highest AUROC: {best} ({_num(by.loc[best, 'auroc'], '.3f')})"
     if best != PRIMARY:
-        line += f"; the meta-state deviation's is {_num(by.loc[PRIMARY, 'auroc'], '.3f')}"
+        line += f"; the leak-free meta-state deviation's is {_num(by.loc[PRIMARY, 'auroc'], '.3f')}"
     return line + "."
+
+
+def _encoders(w: EarlyWarning) -> str:
+    """Which channels each meta-state reads, and its latent dimension."""
+    full, free = w.encoders[FULL], w.encoders[LEAK_FREE]
+    left_out = [c for c in full.channels if c not in free.channels]
+    return (
+        f"Meta-states fitted on {w.calibration_runs} calibration runs: leak-free, "
+        f"{free.n_components} latent dimensions over {', '.join(free.channels)}; full, "
+        f"{full.n_components} over every channel (the leak-free one leaves out "
+        f"{', '.join(left_out) or 'nothing'})."
+    )
+
+
+def _versus_baseline(table: pd.DataFrame) -> tuple[str, float, float]:
+    """The leak-free meta-state's AUROC minus the logistic baseline's, as text, and its CI."""
+    base = table.set_index("detector").loc[BASELINE]
+    lo, hi = -base.auroc_vs_primary_hi, -base.auroc_vs_primary_lo
+    return f"{_num(-base.auroc_vs_primary, '+.3f')} {_ci(lo, hi, '+.3f')}", lo, hi
+
+
+def _against_baseline(table: pd.DataFrame) -> str:
+    """Whether the leak-free meta-state beats the logistic baseline, said plainly."""
+    full = table.set_index("detector").loc[FULL_METASTATE]
+    difference, lo, hi = _versus_baseline(table)
+    if lo > 0:
+        verdict = (
+            "The leak-free meta-state beats the logistic-regression baseline: AUROC "
+            f"{difference} above it."
+        )
+    elif hi < 0:
+        verdict = (
+            f"**The leak-free meta-state does not beat the logistic-regression baseline**: "
+            f"the baseline's AUROC is higher (leak-free minus baseline {difference})."
+        )
+    else:
+        verdict = (
+            f"**The leak-free meta-state does not beat the logistic-regression baseline**: "
+            f"the AUROC difference (leak-free minus baseline) {difference} includes 0."
+        )
+    leak = (
+        f"The full meta-state's AUROC minus the leak-free one's: "
+        f"{_num(full.auroc_vs_primary, '+.3f')} "
+        f"{_ci(full.auroc_vs_primary_lo, full.auroc_vs_primary_hi, '+.3f')} (what reading "
+        "the performance and knob channels adds)."
+    )
+    return f"{verdict} {leak}"
 
 
 def _detector_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = ["detector", "input", "threshold", "detection rate [CI]",
                "median lead, updates [CI]", "false-alarm rate", "alarmed survivors",
-               "AUROC [CI]"]  # fmt: skip
+               "AUROC [CI]", "vs leak-free [CI]"]  # fmt: skip
     rows = [
         [r.detector, r.input, _num(r.threshold),
          f"{_num(r.detection_rate, '.2f')} {_ci(r.detection_rate_lo, r.detection_rate_hi, '.2f')}",
          f"{_num(r.lead_median, '.0f')} {_ci(r.lead_median_lo, r.lead_median_hi, '.0f')}",
          _num(r.false_alarm_rate, ".3f"), _num(r.alarmed_survivors, ".2f"),
-         f"{_num(r.auroc, '.3f')} {_ci(r.auroc_lo, r.auroc_hi, '.3f')}"]
+         f"{_num(r.auroc, '.3f')} {_ci(r.auroc_lo, r.auroc_hi, '.3f')}",
+         "-" if r.detector == PRIMARY else
+         f"{_num(r.auroc_vs_primary, '+.3f')} "
+         f"{_ci(r.auroc_vs_primary_lo, r.auroc_vs_primary_hi, '+.3f')}"]
         for r in table.itertuples()
     ]  # fmt: skip
     return headers, rows
@@ -352,12 +475,14 @@ def _caveats() -> list[str]:
         "- The verdicts hold for these recipes, perturbations and seeds only; the quick "
         "version's few seeds give wide intervals, which the rules turn into *inconclusive* "
         "rather than a guess.",
-        "- The meta-state summarises every telemetry channel, including the learning rate in "
-        "force and the performance channels (validation loss or accuracy, episode return): a "
-        "learning-rate ramp shows in it from its first step, and a gradual loss of performance "
-        "moves it before the collapse rule's threshold is crossed. Alarmed survivors measure "
-        "the price: the band flags any departure from unperturbed training, not only the ones "
-        "that end in collapse.",
+        "- Claim 3's verdict reads the leak-free meta-state, which leaves out the performance "
+        "and knob channels; its dynamics channels still respond to some perturbations at "
+        "once (the update ratio grows with a learning-rate ramp: the weights do move faster), "
+        "so an alarm can mean 'perturbed' rather than 'about to collapse'. Alarmed survivors "
+        "measure that price: the band flags any departure from unperturbed training, not only "
+        "the ones that end in collapse.",
+        "- The logistic baseline is trained on collapses of the same ramps (other seeds): it "
+        "knows what a collapse looks like here, which the unsupervised meta-state does not.",
         "- Lead times are capped by the horizon H: an alarm that holds from long before the "
         "collapse counts as H steps of lead.",
         "- A detector whose scores are 0 on most reference steps (CUSUM) cannot be calibrated "
