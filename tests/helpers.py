@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -43,3 +44,17 @@ def assert_same(a: list[tuple], b: list[tuple]) -> None:
     for x, y in zip(a, b):
         for u, v in zip(x, y):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """The pipe tables of Markdown ``text``: rows of cell texts without ``**`` and backticks."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("| ") and not re.fullmatch(r"\|( -+ \|)+", line):
+            if not previous.startswith("| "):
+                tables.append([])
+            cells = line.strip().strip("|").split(" | ")
+            tables[-1].append([re.sub(r"\*\*|`", "", c).strip() for c in cells])
+        previous = line
+    return tables

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import trainenv.findings.claims as F
+from tests.helpers import markdown_tables
 from tests.test_early_warning import synthetic_traces
 from trainenv import cli
 from trainenv.audit.runner import plan_groups
@@ -223,16 +224,8 @@ def test_overall_verdict_needs_agreement() -> None:
 
 # -- the quick run ------------------------------------------------------------------------------
 def report_tables(report: str) -> dict[str, list[list[str]]]:
-    """The report's pipe tables (cells without ``**``) by the first cell of their header."""
-    tables: list[list[list[str]]] = []
-    previous = ""
-    for line in report.splitlines():
-        if line.startswith("| ") and not re.fullmatch(r"\|( -+ \|)+", line):
-            if not previous.startswith("| "):
-                tables.append([])
-            tables[-1].append([c.replace("**", "").strip() for c in line.strip("|").split(" | ")])
-        previous = line
-    return {table[0][0]: table for table in tables}
+    """The report's tables by the first cell of their header row."""
+    return {table[0][0]: table for table in markdown_tables(report)}
 
 
 def reported_verdicts(report: str) -> dict[int, dict[str, str]]:

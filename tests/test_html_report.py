@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import trainenv.findings.claims as F
+from tests.helpers import markdown_tables
 from tests.test_early_warning import synthetic_traces
 from tests.test_findings import planted_outcomes, planted_pairs
 from trainenv.audit.html import write_html
@@ -57,20 +58,6 @@ class Page(HTMLParser):
         if tag in ("th", "td") and self._cell is not None:
             self.tables[-1][-1].append("".join(self._cell).strip())
             self._cell = None
-
-
-def markdown_tables(text: str) -> list[list[list[str]]]:
-    """The pipe tables of Markdown ``text``: rows of cell texts without ``**`` and backticks."""
-    tables: list[list[list[str]]] = []
-    previous = ""
-    for line in text.splitlines():
-        if line.startswith("| ") and not re.fullmatch(r"\|( -+ \|)+", line):
-            if not previous.startswith("| "):
-                tables.append([])
-            cells = line.strip().strip("|").split(" | ")
-            tables[-1].append([re.sub(r"\*\*|`", "", c).strip() for c in cells])
-        previous = line
-    return tables
 
 
 @pytest.fixture(scope="module")

@@ -483,6 +483,8 @@ def _caveats() -> list[str]:
         "the ones that end in collapse.",
         "- The logistic baseline is trained on collapses of the same ramps (other seeds): it "
         "knows what a collapse looks like here, which the unsupervised meta-state does not.",
+        "- Thresholds come from the other seeds' few reference runs: with few seeds a held-out "
+        "run can alarm well above the target rate (the false-alarm column shows by how much).",
         "- Lead times are capped by the horizon H: an alarm that holds from long before the "
         "collapse counts as H steps of lead.",
         "- A detector whose scores are 0 on most reference steps (CUSUM) cannot be calibrated "
