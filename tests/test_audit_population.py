@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from trainenv.audit import population as audit_population
-from trainenv.audit.plan import AuditPlan
+from trainenv.audit.plan import AuditPlan, Recipe, Stabilizer
 from trainenv.audit.runner import plan_groups, run_audit
 from trainenv.audit.store import ResultStore
+from trainenv.findings.config import full_config, quick_config
 
 from .test_audit_runner import tiny_plan
 
@@ -105,3 +106,37 @@ def test_pack_keeps_groups_whole_and_spreads_over_workers() -> None:
     for batch in batches:
         assert len({(g.recipe.key().__repr__(), g.onset) for g in batch.groups}) == 1
         assert batch.n_members == sum(1 + len(g.perturbations) for g in batch.groups)
+
+
+@pytest.mark.parametrize("config", [quick_config, full_config])
+def test_findings_audits_run_as_populations_where_the_recipes_have_them(config) -> None:
+    """Claims 1 and 2 audit Digits and CartPole as populations, every grid recipe (learning
+    rates, batch sizes, PPO epochs) and stochasticity knob included; TinyLM, which has no
+    population form, runs one group per task."""
+    expected = {"trainenv/Digits-MLP-v0": "population", "trainenv/CartPole-PPO-v0": "population",
+                "trainenv/TinyLM-v0": "process"}  # fmt: skip
+    for paradigm in config().paradigms:
+        if not {1, 2} & set(paradigm.claims):
+            continue
+        plan = paradigm.plan(workers=2)
+        assert len(plan.recipes) > 2  # the grid, not only the registered recipe
+        assert plan.resolved_backend() == expected[paradigm.env], paradigm.name
+
+
+def test_a_recipe_whose_settings_the_population_does_not_take_runs_per_run() -> None:
+    """auto's rule reads each recipe's settings, not only its env: a trainer keyword or a
+    stabilizer the population does not take sends the plan to the per-run backend, and asking
+    for populations names the recipe."""
+    noisy = Recipe(env="trainenv/Digits-MLP-v0", env_kwargs={"trainer_kwargs": {"lr": 3e-3}},
+                   stabilizers=(Stabilizer(name="grad_noise", magnitude=0.3),))  # fmt: skip
+    ppo = Recipe(env="trainenv/CartPole-PPO-v0",
+                 env_kwargs={"trainer_kwargs": {"algo_kwargs": {"n_epochs": 5}}})  # fmt: skip
+    assert noisy.has_population() and ppo.has_population()
+    a2c = Recipe(name="a2c", env="trainenv/CartPole-PPO-v0",
+                 env_kwargs={"trainer_kwargs": {"algo": "A2C"}})  # fmt: skip
+    assert not a2c.has_population()
+    plan = AuditPlan(recipes=(ppo, a2c), interventions=tiny_plan().interventions,
+                     onsets=(1,), horizon=5, seeds=(0,))  # fmt: skip
+    assert plan.resolved_backend() == "process"
+    with pytest.raises(ValueError, match=r"population form; recipes \['a2c'\]"):
+        plan.resolved_backend("population")

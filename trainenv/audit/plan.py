@@ -57,6 +57,7 @@ from trainenv.core.interventions import Intervention, Role
 
 if TYPE_CHECKING:
     from trainenv.env import TrainEnv
+    from trainenv.vector import PopulationVectorEnv
 
 BackendName = Literal["auto", "population", "serial", "process", "ray"]  # see audit.backends
 RESERVED_ENV_KWARGS = ("action_mode", "interventions")  # the audit drives the action space
@@ -144,10 +145,22 @@ class Recipe(BaseModel):
         return self.model_dump(mode="json")
 
     def has_population(self) -> bool:
-        """Whether the recipe's env has a population form (a vector entry point)."""
+        """Whether the recipe has a population form: its env has a vector entry point whose
+        population takes the recipe's ``env_kwargs`` (trainer settings included) and
+        stabilizers. Checked by building a population of one, once per recipe and process
+        (a few ms; the per-run env reports a bad setting with its own message)."""
         import gymnasium as gym
 
-        return gym.spec(self.env).vector_entry_point is not None
+        if gym.spec(self.env).vector_entry_point is None:
+            return False
+        key = json.dumps(self.key(), sort_keys=True)
+        if key not in _POPULATION_FORMS:
+            try:
+                self.make_population(1, [s.name for s in self.stabilizers] or None).close()
+                _POPULATION_FORMS[key] = True
+            except (TypeError, ValueError):  # a setting or stabilizer it does not take
+                _POPULATION_FORMS[key] = False
+        return _POPULATION_FORMS[key]
 
     def make_env(self, interventions: list[str] | None) -> TrainEnv:
         """The recipe's environment with continuous actions over ``interventions``
@@ -158,6 +171,22 @@ class Recipe(BaseModel):
             self.env, **self.env_kwargs, action_mode="continuous", interventions=interventions
         )
         return env.unwrapped  # type: ignore[return-value]
+
+    def make_population(
+        self, n_members: int, interventions: list[str] | None
+    ) -> PopulationVectorEnv:
+        """The recipe's population form: ``n_members`` runs of it as one vector env, with
+        continuous actions over ``interventions`` (see :meth:`make_env`)."""
+        import gymnasium as gym
+
+        env = gym.make_vec(
+            self.env, num_envs=n_members, vectorization_mode="vector_entry_point",
+            **self.env_kwargs, action_mode="continuous", interventions=interventions,
+        )  # fmt: skip
+        return env.unwrapped  # type: ignore[return-value]
+
+
+_POPULATION_FORMS: dict[str, bool] = {}  # recipe key -> has_population(), per process
 
 
 class InterventionGrid(BaseModel):
@@ -364,10 +393,11 @@ class AuditPlan(BaseModel):
         if name == "auto":
             return "population" if populations else "process"
         if name == "population" and not populations:
-            missing = sorted({r.env for r in self.recipes if not r.has_population()})
+            missing = [r.name for r in self.recipes if not r.has_population()]
             raise ValueError(
-                f"backend 'population' needs envs with a population form; {missing} have none "
-                "(use backend 'process')"
+                f"backend 'population' needs envs with a population form; recipes {missing} "
+                "have none (their env has no vector entry point, or its population does not "
+                "take their settings; use backend 'process')"
             )
         return name
 

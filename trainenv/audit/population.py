@@ -85,14 +85,7 @@ def _env(group: Group, n_members: int, role: str) -> PopulationVectorEnv:
     names = [*group.action_names, *(s.name for s in group.recipe.stabilizers)]
     key = json.dumps([group.recipe.key(), names, n_members, role])
     if key not in _ENVS:
-        import gymnasium as gym
-
-        recipe = group.recipe
-        env = gym.make_vec(
-            recipe.env, num_envs=n_members, vectorization_mode="vector_entry_point",
-            **recipe.env_kwargs, action_mode="continuous", interventions=names,
-        )  # fmt: skip
-        _ENVS[key] = env.unwrapped  # type: ignore[assignment]
+        _ENVS[key] = group.recipe.make_population(n_members, names)
     return _ENVS[key]
 
 

@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
-from trainenv.audit.tasks import backend_for
 from trainenv.findings.verdicts import FALSE_ALARM_RATE
 from trainenv.warning.simulation import Ramp, Task, tasks_for
 
@@ -122,7 +121,9 @@ class Paradigm(BaseModel):
             onsets=(self.onset,),
             horizon=self.horizon,
             seeds=tuple(range(self.seeds)),
-            backend=backend_for(workers),
+            # populations where every recipe has a population form (Digits, CartPole and
+            # their grids), else one run per task (TinyLM): the plan's own auto rule
+            backend="auto",
             workers=workers,
         )
 
