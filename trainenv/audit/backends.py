@@ -11,7 +11,9 @@
 - ``population``: the audit packs its runs into populations (:mod:`trainenv.audit.population`)
   and runs each batch in this process (one worker) or in a ``process`` pool (several).
 - ``ray``: Ray tasks, on a local Ray instance or a cluster (``address``); needs the optional
-  extra ``trainenv[ray]``, and ``trainenv`` installed on every node.
+  extra ``trainenv[ray]``, and ``trainenv`` installed on every node. Where every recipe of
+  the plan has a population form, each task is one population batch (the function the
+  ``population`` backend runs), else one group.
 
 Every worker runs torch with one thread: the runs are small, threads would only fight over
 the cores, and one thread keeps results identical across backends. Results come back in

@@ -285,7 +285,8 @@ def run_audit(
         out: Output directory.
         backend, workers, address: Override the plan's execution settings (``backend``:
             one of :data:`~trainenv.audit.backends.BACKENDS`; ``population`` packs the runs
-            into populations, see :mod:`trainenv.audit.population`).
+            into populations, see :mod:`trainenv.audit.population`; ``ray`` runs one
+            population batch per task where every recipe has a population form).
         progress: False hides the progress display (see :func:`~trainenv.audit.tasks.run_tasks`).
         on_record: Called with each run as it is stored.
         flush_seconds: Finished runs are written in batches at least this often (of at most
@@ -303,7 +304,9 @@ def run_audit(
         pending = sum(g.n_runs for g in groups)
         fn: Callable[[Any], list[RunRecord]] = run_group
         tasks: list[Any] = groups
-        if name == "population":
+        # Ray runs populations as its tasks where the plan has them (auto's rule).
+        populations = name == "ray" and plan.resolved_backend("auto") == "population"
+        if name == "population" or populations:
             from trainenv.audit.population import pack, run_batch
 
             fn, tasks = run_batch, pack(groups, workers)
