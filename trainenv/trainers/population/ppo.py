@@ -11,7 +11,7 @@ final observation, and each minibatch's advantages are normalised per member.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from trainenv.trainers.population.base import (
     member_generators,
 )
 from trainenv.trainers.population.cartpole import MemberCartPoles
+from trainenv.trainers.population.ppo_networks import Minibatch, PPONetworks
 from trainenv.trainers.population.stacked import (
     Layout,
     Members,
@@ -31,11 +32,8 @@ from trainenv.trainers.population.stacked import (
     apply_member_event,
     clip_,
     groups,
-    linear,
     orthogonal_linear_,
-    parameters,
     row_norms,
-    tanh,
 )
 from trainenv.trainers.sb3 import SB3Trainer
 
@@ -118,6 +116,7 @@ class CartPolePPOPopulation(PopulationTrainer):
             (2, _OBS, _HIDDEN), (2, 1, _HIDDEN), (2, _HIDDEN, _HIDDEN), (2, 1, _HIDDEN),
             (_HIDDEN, _ACTIONS), (1, _ACTIONS), (_HIDDEN, 1), (1, 1),
         ])  # fmt: skip
+        self.networks = PPONetworks(self.layout, self.clip_range, self.vf_coef)
         self.weights = torch.zeros(n, self.layout.size)  # each member's networks, packed
         self.optimizer = StackedAdam(self.weights, eps=1e-5)  # SB3's Adam eps for policies
         self.envs = MemberCartPoles(n, self.n_envs, recipe.perf_episodes)
@@ -229,18 +228,6 @@ class CartPolePPOPopulation(PopulationTrainer):
         self._last_row[live] = rows
         return rows
 
-    def _forward(
-        self, weights: Sequence[torch.Tensor], obs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action logits ``(G, B, actions)`` and values ``(G, B)`` of observations ``(G, B, 4)``."""
-        g, b = obs.shape[:2]
-        w1, b1, w2, b2, w_pi, b_pi, w_v, b_v = weights
-        x = obs.unsqueeze(1).expand(g, 2, b, _OBS).reshape(2 * g, b, _OBS)
-        h = tanh(linear(x, w1.reshape(2 * g, _OBS, _HIDDEN), b1.reshape(2 * g, 1, _HIDDEN)))
-        h = tanh(linear(h, w2.reshape(2 * g, _HIDDEN, _HIDDEN), b2.reshape(2 * g, 1, _HIDDEN)))
-        h = h.view(g, 2, b, _HIDDEN)
-        return linear(h[:, 0], w_pi, b_pi), linear(h[:, 1], w_v, b_v).squeeze(-1)
-
     def _rollout(self, live: np.ndarray, select: Members) -> dict[str, torch.Tensor]:
         """``n_steps`` steps of the members' environments under their policies: the batch of
         each member, ``(G, n_steps * n_envs, ...)`` tensors."""
@@ -249,9 +236,10 @@ class CartPolePPOPopulation(PopulationTrainer):
         uniforms = torch.stack(
             [torch.rand(steps, n_envs, generator=self._generators[m]) for m in live]
         )
-        weights = self.layout.split(
+        weights = self.networks.prepare(
             self.weights if select is None else self.weights[torch.from_numpy(live)]
         )
+        forward = self.networks.forward
         obs_buf = torch.empty(steps, g, n_envs, _OBS)
         actions_buf = torch.empty(steps, g, n_envs, dtype=torch.long)
         log_prob_buf, value_buf = torch.empty(steps, g, n_envs), torch.empty(steps, g, n_envs)
@@ -260,7 +248,7 @@ class CartPolePPOPopulation(PopulationTrainer):
         with torch.no_grad():
             for t in range(steps):
                 obs_buf[t] = torch.from_numpy(obs)
-                logits, values = self._forward(weights, obs_buf[t])
+                logits, values = forward(weights, obs_buf[t])
                 log_probs = torch.log_softmax(logits, -1)
                 cdf = log_probs.exp().cumsum(-1)[..., :-1]
                 actions = (uniforms[:, t, :, None] > cdf).sum(-1)
@@ -276,13 +264,11 @@ class CartPolePPOPopulation(PopulationTrainer):
                 rewards = torch.from_numpy(self._learner_rewards(live, true_rewards))
                 timeout = truncated & ~terminated
                 if timeout.any():  # bootstrap cut-off episodes with the value of where they got
-                    final_values = self._forward(
-                        weights, torch.from_numpy(self._observe(live, final))
-                    )[1]
+                    final_values = forward(weights, torch.from_numpy(self._observe(live, final)))[1]
                     rewards += self.gamma * torch.from_numpy(timeout) * final_values
                 reward_buf[t] = rewards
                 obs, starts = self._observe(live, next_obs), terminated | truncated
-            last_values = self._forward(weights, torch.from_numpy(obs))[1]
+            last_values = forward(weights, torch.from_numpy(obs))[1].clone()
         self._last_obs[live], self._episode_starts[live] = obs, starts
         advantages = self._gae(
             reward_buf, value_buf, start_buf, last_values, torch.from_numpy(starts)
@@ -329,44 +315,35 @@ class CartPolePPOPopulation(PopulationTrainer):
             torch.rand(self.n_epochs, n_samples, generator=self._generators[m]).argsort(-1)
             for m in index
         ])  # fmt: skip
+        grad = self.optimizer.grad if members is None else torch.empty(g, self.layout.size)
+        data = (batch["obs"], batch["actions"], batch["log_prob"], batch["advantages"],
+                batch["returns"])  # fmt: skip
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("pg", "vf", "ent", "clip", "norm")}
         for epoch in range(self.n_epochs):
             kls = []
             for start in range(0, n_samples, size):
+                # Positions in the flattened (G, n_samples) batch: index_select runs much
+                # faster than a gather along dim 1 on these small tensors.
                 rows = orders[:, epoch, start : start + size]
-                mb = {k: v.gather(1, rows.view(*rows.shape, *(1,) * (v.dim() - 2)).expand(
-                    -1, -1, *v.shape[2:])) for k, v in batch.items()}  # fmt: skip
-                params = parameters(
-                    self.layout, self.weights if members is None else self.weights[index_t]
-                )
-                logits, values = self._forward(params, mb["obs"])
-                log_probs = torch.log_softmax(logits, -1)
-                log_prob = log_probs.gather(-1, mb["actions"][..., None]).squeeze(-1)
-                entropy = -(log_probs.exp() * log_probs).sum(-1)
-                advantages = mb["advantages"]
+                flat = (rows + torch.arange(g)[:, None] * n_samples).view(-1)
+                mb = Minibatch(*(t.flatten(0, 1).index_select(0, flat).view(*rows.shape,
+                                                                            *t.shape[2:])
+                                 for t in data))  # fmt: skip
                 if self.normalize_advantage and rows.shape[1] > 1:
+                    advantages = mb.advantages
                     mean, std = advantages.mean(1, keepdim=True), advantages.std(1, keepdim=True)
-                    advantages = (advantages - mean) / (std + 1e-8)
-                log_ratio = log_prob - mb["log_prob"]
-                ratio = torch.exp(log_ratio)
-                clipped = torch.clamp(ratio, 1 - self.clip_range, 1 + self.clip_range)
-                pg_loss = -torch.min(advantages * ratio, advantages * clipped).mean(1)
-                vf_loss = (mb["returns"] - values).pow(2).mean(1)
-                ent_loss = -entropy.mean(1)
-                loss = pg_loss + ent_coef * ent_loss + self.vf_coef * vf_loss
-                # Members' parameters are disjoint: the sum's gradient is each member's own.
-                grad = self.layout.pack(
-                    torch.autograd.grad(loss.sum(), params),
-                    out=self.optimizer.grad if members is None else None,
+                    mb = mb._replace(advantages=(advantages - mean) / (std + 1e-8))
+                weights = self.weights if members is None else self.weights[index_t]
+                losses = self.networks.loss_and_grad(
+                    self.networks.prepare(weights), mb, ent_coef, grad
                 )
                 norms = row_norms(grad)
                 clip_(grad, norms, knobs["grad_clip"][index])
                 self.optimizer.step(members, grad, lr)
-                with torch.no_grad():
-                    clip_fraction = ((ratio - 1).abs() > self.clip_range).float().mean(1)
-                    kls.append(((ratio - 1) - log_ratio).mean(1))
-                for key, value in zip(stats, (pg_loss, vf_loss, ent_loss, clip_fraction, norms)):
-                    stats[key].append(value.detach())
+                kls.append(losses.kl)
+                for key, value in zip(stats, (losses.pg, losses.vf, losses.ent, losses.clip,
+                                              norms)):  # fmt: skip
+                    stats[key].append(value)
         means = {k: torch.stack(v).double().mean(0).numpy() for k, v in stats.items()}
         returns = batch["returns"].double()
         var_returns = _variance(returns)
@@ -378,7 +355,7 @@ class CartPolePPOPopulation(PopulationTrainer):
         row[:, c["entropy_loss"]], row[:, c["clip_fraction"]] = means["ent"], means["clip"]
         row[:, c["approx_kl"]] = torch.stack(kls).double().mean(0).numpy()  # the last epoch's
         row[:, c["explained_variance"]] = explained_variance
-        row[:, c["loss"]] = loss.detach().double().numpy()  # the last minibatch's
+        row[:, c["loss"]] = losses.loss.double().numpy()  # the last minibatch's
         row[:, c["grad_norm"]], row[:, c["lr"]] = means["norm"], lr
         return row
 

@@ -30,9 +30,15 @@ Members = np.ndarray | None
 """Indices of the members a computation covers, or ``None`` for all of them in order."""
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``a @ b (+ bias)`` per member: ``(G, m, k) x (G, k, n)`` (+ a bias broadcast to
-    ``(G, m, n)``), bitwise the same for a member whatever ``G``."""
+    ``(G, m, n)``), bitwise the same for a member whatever ``G``; written into ``out``
+    (contiguous, ``(G, m, n)``) when given."""
     if b.shape[2] == 1:
         # A one-member batched product with one output column or row takes a matrix-vector
         # kernel that rounds differently from the batched one (measured): multiply and sum.
@@ -40,10 +46,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
     elif a.shape[1] == 1:
         y = (a.transpose(1, 2) * b).sum(1, keepdim=True)
     elif bias is None:
-        return torch.bmm(a, b)
+        return torch.bmm(a, b) if out is None else torch.bmm(a, b, out=out)
     else:
-        return torch.baddbmm(bias, a, b)
-    return y if bias is None else y + bias
+        return torch.baddbmm(bias, a, b) if out is None else torch.baddbmm(bias, a, b, out=out)
+    y = y if bias is None else y + bias
+    return y if out is None else out.copy_(y)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -51,25 +58,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return matmul(x, weight, bias)
 
 
-class _Tanh(torch.autograd.Function):
-    """``tanh(x)`` computed as ``2 sigmoid(2x) - 1`` (within 2e-7 of ``torch.tanh``): torch's
-    CPU ``tanh`` ran ~6x slower than its ``sigmoid`` on these machines (measured, float32)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-def tanh(x: torch.Tensor) -> torch.Tensor:
-    """The hyperbolic tangent, differentiable (see :class:`_Tanh`)."""
-    return _Tanh.apply(x)
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``x`` replaced by its hyperbolic tangent, computed as ``2 sigmoid(2x) - 1`` (within 2e-7
+    of ``torch.tanh``): torch's CPU ``tanh`` ran ~6x slower than its ``sigmoid`` on these
+    machines (measured, float32). Its derivative is ``torch.ops.aten.tanh_backward``'s."""
+    return torch.sigmoid(x.mul_(2), out=x).mul_(2).sub_(1)
 
 
 def uniform_linear_(weight: torch.Tensor, bias: torch.Tensor, generator: torch.Generator) -> None:
@@ -125,13 +118,6 @@ class Layout:
     def member(self, flat: torch.Tensor, member: int) -> list[torch.Tensor]:
         """Views of member ``member``'s parameter tensors in ``flat`` ``(N, P)``."""
         return [flat[member, a:b].view(shape) for (a, b), shape in zip(self._bounds, self.shapes)]
-
-
-def parameters(layout: Layout, weights: torch.Tensor) -> list[torch.Tensor]:
-    """Fresh autograd leaves viewing the parameter tensors packed in ``weights`` ``(G, P)``:
-    their gradients come back per tensor (``torch.autograd.grad``), so no backward pass
-    scatters into a zero-filled ``(G, P)`` buffer per tensor as slicing one packed leaf does."""
-    return [view.detach().requires_grad_() for view in layout.split(weights)]
 
 
 def row_norms(flat: torch.Tensor) -> torch.Tensor:
