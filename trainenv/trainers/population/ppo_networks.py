@@ -15,7 +15,7 @@ Why by hand: autograd's bookkeeping and its fresh ``(2G, B, hidden)`` activation
 tensors (~4 MB each at G=32, B=256, which glibc returns to the system and faults back in on
 every step) cost more than the products themselves (measured). Here every large tensor is a
 buffer kept per shape and overwritten in place; members go through in chunks of
-:data:`CHUNK` so one chunk's buffers stay in the core's L2 cache.
+:data:`CHUNK`, which bounds the buffers' size.
 
 Batch-invariance: every operation is per member (:func:`~.stacked.matmul`, elementwise ops,
 reductions within a member), so a member's numbers do not depend on the others or the chunk.
@@ -29,9 +29,10 @@ import torch
 
 from trainenv.trainers.population.stacked import Layout, matmul, tanh_
 
-CHUNK = 8
-"""Members computed together: their three ``(2 * CHUNK, 256, 64)`` float32 activation buffers
-(0.5 MB each) fit one core's 2 MB L2 cache here."""
+CHUNK = 16
+"""Members computed together. Chunks of 4 or 8 (buffers of 0.25 / 0.5 MB, cache-sized) ran
+slower than 16 here: the per-chunk work of the small tensors outweighed the cache (measured,
+CPU time under load, noisy: 16 and the whole of N=32 were within noise of each other)."""
 
 
 class Prepared(NamedTuple):
