@@ -57,21 +57,25 @@ class MemberCartPoles:
     def step(
         self, index: np.ndarray, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Step the environments of members ``index`` with ``actions`` ``(G, n_envs)``; the
-        others do not move.
+        """Step the environments of members ``index`` (ascending, distinct) with ``actions``
+        ``(G, n_envs)``; the others do not move.
 
         Returns ``(obs, rewards, terminated, truncated, final_obs)``, each ``(G, n_envs, ...)``:
         ``obs`` starts the next episode where one ended, ``final_obs`` is the observation the
         step reached (the last of an episode that ended).
         """
-        env, cols = self.env, self._columns(index)
-        frozen = np.setdiff1d(np.arange(env.num_envs), cols)
-        kept = (self._state[:, frozen].copy(), env.steps[frozen].copy())
-        full = np.zeros(env.num_envs, dtype=np.int64)
-        full[cols] = actions.reshape(-1)
-        final, rewards, terminated, truncated, _ = env.step(full)
-        self._state[:, frozen], env.steps[frozen] = kept
-        shape = (len(index), self.n_envs)
+        env, shape = self.env, (len(index), self.n_envs)
+        if len(index) == self.n_members:  # every member (index is sorted): nothing to freeze
+            final, rewards, terminated, truncated, _ = env.step(actions.reshape(-1))
+            cols: np.ndarray | slice = slice(None)
+        else:
+            cols = self._columns(index)
+            frozen = np.setdiff1d(np.arange(env.num_envs), cols)
+            kept = (self._state[:, frozen].copy(), env.steps[frozen].copy())
+            full = np.zeros(env.num_envs, dtype=np.int64)
+            full[cols] = actions.reshape(-1)
+            final, rewards, terminated, truncated, _ = env.step(full)
+            self._state[:, frozen], env.steps[frozen] = kept
         final, rewards = final[cols].reshape(*shape, 4), rewards[cols].reshape(shape)
         terminated, truncated = terminated[cols].reshape(shape), truncated[cols].reshape(shape)
         done = terminated | truncated
