@@ -350,8 +350,7 @@ def test_quick_findings_writes_its_report_and_resumes(tmp_path) -> None:
     # A rerun into the same directory resumes: no run is redone, the verdicts are the same.
     runs = [f for sub in ("claim3", "audits") for f in (tmp_path / sub).rglob("*.parquet")]
     saved = {f: f.stat().st_mtime_ns for f in runs}
-    expected = sum(p.warning_seeds * (1 + len(p.ramps)) for p in config.paradigms
-                   if 3 in p.claims)  # fmt: skip
+    expected = sum(len(p.warning_tasks()) for p in config.paradigms if 3 in p.claims)
     assert len(list((tmp_path / "claim3" / "runs").glob("*.parquet"))) == expected
     assert cli.main(["findings", "--quick", "--out", str(tmp_path)]) == 0
     assert {f: f.stat().st_mtime_ns for f in saved} == saved
