@@ -8,11 +8,14 @@
     store = run_audit(plan, "results/digits")  # resumes whatever results/digits holds
     report, summary = write_report("results/digits")
 
-Submodules: :mod:`~trainenv.audit.plan` (plans), :mod:`~trainenv.audit.runner` (paired runs),
-:mod:`~trainenv.audit.backends` (serial, local processes, Ray), :mod:`~trainenv.audit.store`
+Submodules: :mod:`~trainenv.audit.plan` (plans; :mod:`~trainenv.audit.plan_errors` words their
+errors), :mod:`~trainenv.audit.runner` (paired runs), :mod:`~trainenv.audit.population`
+(paired runs as members of populations), :mod:`~trainenv.audit.backends` (serial, local
+processes, populations, Ray), :mod:`~trainenv.audit.store`
 (Parquet results), :mod:`~trainenv.audit.metrics` (stability metrics),
 :mod:`~trainenv.audit.summary` (summaries and the terminal table),
-:mod:`~trainenv.audit.report` (Markdown and figures),
+:mod:`~trainenv.audit.report` (Markdown and figures; :mod:`~trainenv.audit.html`, the same
+as one self-contained page),
 :mod:`~trainenv.audit.controllers` (controller evaluations in the same format),
 :mod:`~trainenv.audit.tasks` (tasks through a backend into a store),
 :mod:`~trainenv.audit.progress` (a bar on a terminal, plain lines in a log).

@@ -35,11 +35,8 @@ Meaning of the fields that shape a run:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import re
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +49,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainenv.audit.plan_errors import plan_errors, yaml_problem
 from trainenv.core import interventions as registry
 from trainenv.core.interventions import Intervention, Role
 
@@ -324,11 +322,11 @@ class AuditPlan(BaseModel):
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"cannot read plan file {str(path)!r}: {error}") from None
         except yaml.YAMLError as error:
-            raise ValueError(f"{path}{_yaml_problem(error)}") from None
+            raise ValueError(f"{path}{yaml_problem(error)}") from None
         try:
             return cls.model_validate(data or {})
         except ValidationError as error:
-            raise ValueError(plan_errors(error, data, str(path))) from None
+            raise ValueError(plan_errors(error, data, cls, SHORTHAND_FIELDS, str(path))) from None
 
     def to_yaml(self) -> str:
         import yaml
@@ -400,95 +398,6 @@ class AuditPlan(BaseModel):
                 "take their settings; use backend 'process')"
             )
         return name
-
-
-def plan_errors(error: ValidationError, data: Any, source: str = "plan") -> str:
-    """``error`` (from validating ``data`` as an :class:`AuditPlan`) as one line per problem,
-    each naming the field as the plan writes it (``interventions[0].duration``) and, for an
-    unknown or missing field, the allowed fields.
-
-    Pydantic's documentation links are left out, and so are follow-on errors: an error at a
-    field whose part already failed (an intervention with a typo also leaves the
-    ``interventions`` tuple empty) and a missing field that a misspelt one was meant to be.
-    """
-    shorthand = isinstance(data, dict) and "env" in data and "recipes" not in data
-    problems = error.errors(include_url=False)
-    locs = [tuple(p["loc"]) for p in problems]
-    meant = {
-        (*loc[:-1], _close(_allowed(loc[:-1]), str(loc[-1])))
-        for p, loc in zip(problems, locs, strict=True)
-        if p["type"] == "extra_forbidden"
-    }
-    lines = []
-    for p, loc in zip(problems, locs, strict=True):
-        if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
-            continue  # the deeper error is the cause
-        if p["type"] == "missing" and loc in meant:
-            continue
-        field = _field_path(loc[2:] if shorthand and loc[:2] == ("recipes", 0) else loc)
-        lines.append(f"{field}: {_problem(p, loc)}" if field else _problem(p, loc))
-    if len(lines) == 1:
-        return f"{source}: {lines[0]}"
-    return f"{source}: {len(lines)} problems\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _problem(problem: Any, loc: tuple[Any, ...]) -> str:
-    kind, message = problem["type"], str(problem["msg"]).removeprefix("Value error, ")
-    allowed = ", ".join(_allowed(loc[:-1] if loc else ()))
-    if kind == "extra_forbidden":
-        close = _close(_allowed(loc[:-1]), str(loc[-1]))
-        hint = f" (did you mean {close!r}?)" if close else ""
-        return f"unknown field{hint}; allowed fields: {allowed}"
-    if kind == "missing":
-        return f"required field missing (fields: {allowed})"
-    if kind == "model_type":
-        got = type(problem["input"]).__name__
-        return f"must be a mapping of fields ({', '.join(_allowed(loc))}), got a {got}"
-    if kind == "value_error":
-        return message
-    return f"{message}, got {problem['input']!r}"
-
-
-def _allowed(loc: tuple[Any, ...]) -> list[str]:
-    """The fields of the model at ``loc`` (a pydantic error location) inside a plan."""
-    model: type[BaseModel] = AuditPlan
-    for part in loc:
-        if isinstance(part, str) and part in model.model_fields:
-            model = _item_model(model.model_fields[part].annotation) or model
-    extra = SHORTHAND_FIELDS if model is AuditPlan else ()
-    return [*model.model_fields, *extra]
-
-
-def _item_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        if (found := _item_model(arg)) is not None:
-            return found
-    return None
-
-
-def _close(allowed: list[str], name: str) -> str | None:
-    return next(iter(difflib.get_close_matches(name, allowed, n=1)), None)
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def _yaml_problem(error: Exception) -> str:
-    """``:line:column: what is wrong`` for a YAML error (a tag says it is refused)."""
-    import yaml
-
-    mark = getattr(error, "problem_mark", None)
-    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-    problem = str(getattr(error, "problem", None) or error)
-    tag = re.search(r"constructor for the tag '([^']*)'", problem)
-    if isinstance(error, yaml.constructor.ConstructorError) and tag:
-        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-        return f"{where}: tag {name} refused: a plan is plain YAML data (no tags)"
-    context = getattr(error, "context", None)
-    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def _held_stabilizers() -> list[Intervention]:
