@@ -50,7 +50,7 @@ class _DetectorRule(_Rule):
         self, env: Any, magnitudes: Mapping[str, float], detector: Detector, channel: str
     ) -> None:
         super().__init__(env, magnitudes)
-        channels = [c.name for c in unwrap(env).trainer.channels]
+        channels = list(unwrap(env).trainer.channel_names)
         if channel not in channels:
             raise ValueError(f"channel {channel!r} is not in the run's telemetry: {channels}")
         self.detector, self.channel = detector, channel
@@ -85,7 +85,7 @@ class BackoffOnLossSpike(_DetectorRule):
         channel: str | None = None,
     ) -> None:
         if channel is None:
-            names = [c.name for c in unwrap(env).trainer.channels]
+            names = list(unwrap(env).trainer.channel_names)
             channel = next((c for c in LOSS_CHANNELS if c in names), "")
         super().__init__(env, {"lr_backoff": factor}, detector or LossSpike(0.5), channel)
 

@@ -78,7 +78,7 @@ def calibrate(
     if isinstance(env, str):
         env = gym.make(env, observation="telemetry").unwrapped  # type: ignore[assignment]
     assert isinstance(env, TrainEnv)
-    channels = [c.name for c in env.trainer.channels]
+    channels = list(env.trainer.channel_names)
     runs = reference_runs(env, seeds, window)
     return fit_encoder(runs, channels, None, window=window, radius=radius, **encoder_kwargs)
 

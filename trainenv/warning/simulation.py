@@ -192,7 +192,7 @@ def simulate_run(task: Task) -> Trace:
     if env.encoder is None:
         raise ValueError(f"{task.env}: the early-warning evaluation needs the env's encoder, "
                          "whose window the features are computed over")  # fmt: skip
-    channels = [c.name for c in env.trainer.channels]
+    channels = list(env.trainer.channel_names)
     loss = task.loss_channel or next((c for c in LOSS_CHANNELS if c in channels), None)
     if loss not in channels or "grad_norm" not in channels:
         raise ValueError(f"{task.env}: needs a loss channel and grad_norm, has {channels}")
