@@ -38,7 +38,12 @@ from trainenv import (
     get_perturbation,
 )
 
-AgentActions = Literal["discrete", "continuous"]
+AgentActions = Literal["discrete", "continuous", "compound"]
+BACKOFF_AND_ROLLBACK = {"lr_backoff": 0.01, "rollback": 1.0}
+"""The compound stabilizer of the ``"compound"`` menu: the learning rate backed off to 1 % and
+the run rolled back to its last good fork, in one step (the joint reaction that saves a run
+from a learning-rate shock; either alone left about half the shocked runs collapsed, as
+:class:`~agents.rules.BackoffAndRollbackOnAlarm` notes)."""
 _DIMENSION_ORDER = tuple(Dimension)
 
 
@@ -234,10 +239,11 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     Observation: the inner env's, unchanged (the schedule is not in it). Action: the agent's
     stabilizers only, as a discrete menu (``agent_actions="discrete"``: 0 the no-op, then each
-    stabilizer at ``levels`` magnitudes) or a ``Box(-1, 1)`` with one component per stabilizer
-    (``"continuous"``); see :mod:`trainenv.core.actions`. Reward, termination and ``info`` are
-    the inner env's; ``info["applied"]`` lists the shocks and stabilizers applied that step.
-    ``reset`` adds ``run_seed`` and ``schedule_seed`` to ``info``.
+    stabilizer at ``levels`` magnitudes), the same menu with the compound "back off and roll
+    back" last (``"compound"``, :class:`CompoundMenu`) or a ``Box(-1, 1)`` with one component
+    per stabilizer (``"continuous"``); see :mod:`trainenv.core.actions`. Reward, termination
+    and ``info`` are the inner env's; ``info["applied"]`` lists the shocks and stabilizers
+    applied that step. ``reset`` adds ``run_seed`` and ``schedule_seed`` to ``info``.
 
     ``reset(seed=s)`` draws the run seed and the schedule seed from the ``split`` with a
     generator seeded by ``s`` (later seedless resets continue it); ``options={"run_seed": r,
@@ -248,7 +254,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             distribution's perturbations and the agent's stabilizers
             (:func:`make_adversarial_env` builds one).
         distribution: The adversary's schedules.
-        agent_actions: ``"discrete"`` or ``"continuous"``.
+        agent_actions: ``"discrete"``, ``"compound"`` or ``"continuous"``.
         stabilizers: The agent's stabilizers (default: every stabilizer ``env`` offers).
         levels: Magnitudes per stabilizer on the discrete menu.
         split: The seeds this environment draws from.
@@ -364,12 +370,42 @@ def _stabilizers(
     return [i for i in available if i.name in names]
 
 
+class CompoundMenu(DiscreteMenu):
+    """The discrete menu (0 the no-op, then each stabilizer at each level) with one more,
+    last entry: :data:`BACKOFF_AND_ROLLBACK`, two stabilizers in one action (a plain menu
+    applies one a step, and a shocked run collapses a few steps after the shock).
+
+    Needs ``lr_backoff`` and ``rollback`` among the stabilizers.
+    """
+
+    entries: tuple[dict[str, float], ...]
+
+    def __init__(self, interventions: Sequence[Intervention], levels: int = 3) -> None:
+        super().__init__(interventions, levels)
+        names = {i.name for i in self.interventions}
+        missing = sorted(set(BACKOFF_AND_ROLLBACK) - names)
+        if missing:
+            raise ValueError(
+                f"stabilizers: the compound menu needs {missing} too, got {sorted(names)}"
+            )
+        self.entries = (*self.entries, dict(BACKOFF_AND_ROLLBACK))
+        self.space = gym.spaces.Discrete(len(self.entries))
+
+    def encode(self, magnitudes: Mapping[str, float]) -> int:
+        """As the plain menu's, and the compound entry for exactly :data:`BACKOFF_AND_ROLLBACK`."""
+        if dict(magnitudes) == BACKOFF_AND_ROLLBACK:
+            return len(self.entries) - 1
+        return super().encode(magnitudes)
+
+
 def _agent_spec(mode: str, stabilizers: list[Intervention], levels: int) -> ActionSpec:
     if mode == "discrete":
         return DiscreteMenu(stabilizers, levels)
     if mode == "continuous":
         return ContinuousMagnitudes(stabilizers)
-    raise ValueError(f"agent_actions must be 'discrete' or 'continuous', got {mode!r}")
+    if mode == "compound":
+        return CompoundMenu(stabilizers, levels)
+    raise ValueError(f"agent_actions must be 'discrete', 'continuous' or 'compound', got {mode!r}")
 
 
 def _draw(rng: np.random.Generator, seeds: range) -> int:

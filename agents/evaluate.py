@@ -124,6 +124,7 @@ def evaluate(
     episodes: Sequence[Episode],
     *,
     unperturbed: bool = True,
+    noop: bool = True,
     out: str | Path | None = None,
     n_boot: int = 1000,
     confidence: float = 0.95,
@@ -132,9 +133,12 @@ def evaluate(
 
     Args:
         env: The adversarial environment, drawing from a held-out split.
-        controllers: Name -> factory (the no-op is added first as :data:`NOOP` if absent).
+        controllers: Name -> factory (the no-op is added first as :data:`NOOP` if absent and
+            ``noop``).
         episodes: The episodes, e.g. :func:`heldout_episodes`.
         unperturbed: Also run the no-op without shocks (:data:`UNPERTURBED`).
+        noop: Add the no-op controller (off: when the baselines were evaluated once already
+            on the same episodes, e.g. for each of several trainings).
         out: Directory for the results store, ``report.md`` and the figure (``None``:
             nothing written). It must not already hold results.
         n_boot, confidence: Bootstrap resamples and CI level.
@@ -142,11 +146,14 @@ def evaluate(
     check_heldout(env.split)
     if not episodes:
         raise ValueError("episodes: need at least one")
+    if not (controllers or noop or unperturbed):
+        raise ValueError("controllers: none to evaluate (no-op and unperturbed are off)")
     for e in episodes:
         env.split.check("run", e.run_seed)
         env.split.check("schedule", e.schedule_seed)
     store = _empty_store(out) if out is not None else None
-    factories: dict[str, ControllerFactory] = {NOOP: NoOp, **controllers}
+    factories: dict[str, ControllerFactory] = {NOOP: NoOp} if noop else {}
+    factories.update(controllers)
     runs: list[tuple[AdversaryWrapper, str, ControllerFactory]] = []
     if unperturbed:
         calm = env.with_distribution(env.distribution.model_copy(update={"shocks": (0, 0)}))
@@ -227,6 +234,59 @@ def _empty_store(out: str | Path) -> ResultStore:
     return store
 
 
+# -- spread over trainings ---------------------------------------------------------------------
+SPREAD_METRICS = ("collapsed", "final_p")
+"""The metrics :func:`spread_table` spreads: the collapse rate and the final ``p``."""
+
+
+def spread_table(summaries: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The spread over independent evaluations (e.g. one per controller training).
+
+    Args:
+        summaries: ``ControllerSummary.table`` frames (one row per controller with at least
+            ``controller``, ``collapsed`` and ``final_p``, each a mean over episodes), one per
+            training; a controller that does not depend on training (no-op, rules, unperturbed)
+            may appear in one of them only.
+
+    Returns:
+        One row per controller in order of first appearance: ``trainings`` (how many frames
+        have it), and for each of :data:`SPREAD_METRICS` the median over those frames
+        (``collapsed``, ``final_p``: what :func:`check_targets` reads) with ``<metric>_min``
+        and ``<metric>_max``.
+    """
+    if not summaries:
+        raise ValueError("summaries: need at least one evaluation")
+    for i, table in enumerate(summaries):
+        missing = sorted({"controller", *SPREAD_METRICS} - set(table.columns))
+        if missing:
+            raise ValueError(f"summaries[{i}]: columns {missing} are missing")
+    frame = pd.concat([t[["controller", *SPREAD_METRICS]] for t in summaries], ignore_index=True)
+    grouped = frame.groupby("controller", sort=False)
+    table = pd.DataFrame({"trainings": grouped.size()})
+    for metric in SPREAD_METRICS:
+        table[metric] = grouped[metric].median()
+        table[metric + "_min"] = grouped[metric].min()
+        table[metric + "_max"] = grouped[metric].max()
+    return table.reset_index()
+
+
+def format_spread(table: pd.DataFrame) -> str:
+    """:func:`spread_table` as aligned text: per controller the number of trainings and each
+    metric as ``median [min, max]``."""
+    headers = ["controller", "trainings", "collapse rate median [min, max]",
+               "final p median [min, max]"]  # fmt: skip
+    cells = [
+        [str(r["controller"]), str(r["trainings"])]
+        + [f"{r[m]:.3f} [{r[m + '_min']:.3f}, {r[m + '_max']:.3f}]" for m in SPREAD_METRICS]
+        for _, r in table.iterrows()
+    ]
+    widths = [max(len(row[c]) for row in [headers, *cells]) for c in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        for row in [headers, *cells]
+    )
+
+
 # -- targets ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Verdict:
@@ -238,13 +298,20 @@ class Verdict:
 
 
 def check_targets(
-    summary: ControllerSummary, learned: str, rules: Sequence[str], tolerance: float = 0.05
+    summary: ControllerSummary | pd.DataFrame,
+    learned: str,
+    rules: Sequence[str],
+    tolerance: float = 0.05,
 ) -> list[Verdict]:
     """The targets for a learned controller: collapse rate at most half the no-op's; final
     ``p`` within ``tolerance`` (relative) of the unperturbed run's; and at least as good as the
     best rule-based controller (the lowest collapse rate, ties broken by final ``p``): a
-    collapse rate no higher and a final ``p`` no lower."""
-    by = summary.table.set_index("controller")
+    collapse rate no higher and a final ``p`` no lower.
+
+    ``summary``: an evaluation's summary, or a :func:`spread_table` (its medians are checked).
+    """
+    table = summary.table if isinstance(summary, ControllerSummary) else summary
+    by = table.set_index("controller")
     missing = [c for c in (learned, NOOP, UNPERTURBED, *rules) if c not in by.index]
     if missing:
         raise ValueError(f"summary: controllers {missing} are missing; have {list(by.index)}")

@@ -271,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON object")
     parser.add_argument("--distribution", type=Path, help="JSON file of a ScheduleDistribution")
-    parser.add_argument("--agent-actions", choices=["discrete", "continuous"], default="discrete")
+    parser.add_argument(
+        "--agent-actions", choices=["discrete", "continuous", "compound"], default="discrete"
+    )
     parser.add_argument("--stabilizers", help="comma-separated (default: all the run supports)")
     parser.add_argument("--levels", type=int, default=3, help="magnitudes per stabilizer")
     parser.add_argument("--n-steps", type=int, help="PPO rollout length per environment")

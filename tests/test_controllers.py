@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -25,14 +27,19 @@ from agents.evaluate import (
     check_heldout,
     check_targets,
     evaluate,
+    format_spread,
     heldout_episodes,
+    spread_table,
 )
 from agents.evaluate import main as evaluate_main
 from agents.train_controller import (
     CONFIG_FILE,
     TENSORBOARD_DIR,
+    ControllerConfig,
     PolicyController,
     load_config,
+    load_controller,
+    train_controller,
 )
 from agents.train_controller import main as train_main
 from trainenv.audit.store import ResultStore
@@ -248,3 +255,64 @@ def test_train_controller_runs_end_to_end_and_saves_a_loadable_model(tmp_path, c
     assert evaluate_main([str(out), "--episodes", "1", "--no-rules"]) == 0
     assert "learned" in capsys.readouterr().out
     assert (out / CONFIG_FILE).exists() and (out / "evaluation" / "report.md").exists()
+
+
+# -- the spread over trainings -----------------------------------------------------------------
+def summary_frame(rows: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"controller": c, "n": 4, "collapsed": x, "final_p": p} for c, (x, p) in rows.items()]
+    )
+
+
+def test_spread_table_gives_the_median_and_range_over_trainings() -> None:
+    baselines = summary_frame({UNPERTURBED: (0.0, 0.96), NOOP: (0.5, 0.5), "rule": (0.4, 0.6)})
+    learned = [(0.1, 0.9), (0.3, 0.7), (0.0, 0.95)]
+    trainings = [summary_frame({"learned": r}) for r in learned]
+    spread = spread_table([baselines, *trainings]).set_index("controller")
+    assert list(spread.index) == [UNPERTURBED, NOOP, "rule", "learned"]
+    assert list(spread.columns) == ["trainings", "collapsed", "collapsed_min", "collapsed_max",
+                                    "final_p", "final_p_min", "final_p_max"]  # fmt: skip
+    assert spread.loc["learned"].tolist() == pytest.approx([3, 0.1, 0.0, 0.3, 0.9, 0.7, 0.95])
+    assert spread.loc[NOOP].tolist() == pytest.approx([1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    # An even number of trainings: the median is the mean of the middle two.
+    even = spread_table([baselines, *trainings[:2]]).set_index("controller")
+    assert even.loc["learned", "collapsed"] == pytest.approx(0.2)
+    assert even.loc["learned", "final_p"] == pytest.approx(0.8)
+    text = format_spread(spread.reset_index()).splitlines()
+    assert "median [min, max]" in text[0] and len(text) == 5
+    assert text[-1].split()[:4] == ["learned", "3", "0.100", "[0.000,"]
+    # The targets read the medians: 0.1 <= 0.5 / 2, but 0.9 < 0.95 * 0.96.
+    met = [v.met for v in check_targets(spread.reset_index(), "learned", ["rule"])]
+    assert met == [True, False, True]
+    with pytest.raises(ValueError, match="columns"):
+        spread_table([baselines.drop(columns="final_p")])
+    with pytest.raises(ValueError, match="at least one"):
+        spread_table([])
+
+
+def test_the_spread_over_two_tiny_trainings(tmp_path) -> None:
+    torch.set_num_threads(1)
+    small = {"k": 2, "max_steps": 6, "observation": "telemetry"}
+    shocks = MIXED.model_copy(update={"onsets": (1, 4), "min_gap": 1})
+    config = ControllerConfig(env_id=ENV, env_kwargs=small, distribution=shocks)
+    env = config.make_env(HELDOUT_SPLIT)
+    episodes = heldout_episodes(2)
+    summaries = [evaluate(env, {}, episodes, n_boot=50).summary.table]
+    for seed in (0, 1):
+        train_controller(config, 64, tmp_path / str(seed), n_envs=2, seed=seed,
+                         ppo_kwargs={"n_steps": 16, "batch_size": 16})  # fmt: skip
+        learned = {"learned": lambda e, s=seed: load_controller(tmp_path / str(s), e)}
+        evaluation = evaluate(env, learned, episodes, unperturbed=False, noop=False, n_boot=50)
+        assert list(evaluation.summary.table["controller"]) == ["learned"]
+        summaries.append(evaluation.summary.table)
+    spread = spread_table(summaries).set_index("controller")
+    assert list(spread.index) == [UNPERTURBED, NOOP, "learned"]
+    assert list(spread["trainings"]) == [1, 1, 2]
+    runs = [s.set_index("controller").loc["learned"] for s in summaries[1:]]
+    for metric in ("collapsed", "final_p"):
+        values = [r[metric] for r in runs]
+        assert spread.loc["learned", metric] == pytest.approx(np.mean(values))
+        assert spread.loc["learned", f"{metric}_min"] == min(values)
+        assert spread.loc["learned", f"{metric}_max"] == max(values)
+    with pytest.raises(ValueError, match="none to evaluate"):
+        evaluate(env, {}, episodes, unperturbed=False, noop=False)

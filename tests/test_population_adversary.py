@@ -9,6 +9,8 @@ import torch
 
 import trainenv  # noqa: F401  (registers the environments)
 from agents.adversary import (
+    BACKOFF_AND_ROLLBACK,
+    CompoundMenu,
     PerturbationRange,
     ScheduleDistribution,
     make_adversarial_env,
@@ -23,6 +25,7 @@ SHOCKS = ScheduleDistribution(
     perturbations=(PerturbationRange(name="lr_shock", low=30.0, high=3000.0),),
     shocks=(1, 2), onsets=(1, 2), min_gap=1,
 )  # fmt: skip
+STABILIZERS = ("grad_clip", "lr_backoff", "rollback")
 
 
 def test_members_draw_the_runs_and_schedules_of_the_single_run_wrapper() -> None:
@@ -69,3 +72,46 @@ def test_train_controller_trains_on_a_population(tmp_path) -> None:
     assert len(model.ep_info_buffer) >= 4 * 32 // 4
     loaded = load_policy(tmp_path)
     assert loaded.observation_space == config.make_env().observation_space
+
+
+def test_the_compound_action_backs_off_and_rolls_back_in_one_step() -> None:
+    population = make_adversarial_population(
+        ENV, 2, SHOCKS, agent_actions="compound", stabilizers=STABILIZERS, levels=2, **SMALL
+    )
+    menu = population.agent_spec
+    assert (
+        isinstance(menu, CompoundMenu) and menu.space.n == 1 + 2 + 2 + 1 + 1
+    )  # rollback: one level
+    compound = menu.space.n - 1
+    assert menu.decode(compound) == BACKOFF_AND_ROLLBACK
+    assert menu.encode(BACKOFF_AND_ROLLBACK) == compound
+    assert menu.encode({"rollback": 1.0}) == menu.index("rollback", 1.0) < compound
+    population.reset(seed=0)
+    _, _, _, _, infos = population.step(np.array([compound, 0]))
+    members = unbatch_infos(infos, 2)
+    applied = [dict(info["applied"]) for info in members]
+    stabilizers = [{n: m for n, m in a.items() if n in STABILIZERS} for a in applied]
+    assert stabilizers == [BACKOFF_AND_ROLLBACK, {}]  # member 1 untouched
+    assert members[0]["knobs"]["lr_backoff"] == pytest.approx(0.01)  # in force after the step
+    assert members[1]["knobs"]["lr_backoff"] == 1.0
+    single = make_adversarial_env(ENV, SHOCKS, agent_actions="compound", **SMALL)
+    plain = make_adversarial_env(ENV, SHOCKS, agent_actions="discrete", **SMALL)
+    assert single.action_space.n == plain.action_space.n + 1  # all the run's stabilizers
+    with pytest.raises(ValueError, match="compound menu needs"):
+        make_adversarial_env(ENV, SHOCKS, agent_actions="compound",
+                             stabilizers=("grad_clip", "lr_backoff"), **SMALL)  # fmt: skip
+
+
+def test_the_cost_weight_shapes_the_reward_of_stabilizers() -> None:
+    # The same members, seeds and actions; the reward differs by the extra weight on the
+    # stabilizers' cost (rollback 0.02, lr_backoff 0.002 per application).
+    rewards = []
+    for weight in (1.0, 10.0):
+        population = make_adversarial_population(
+            ENV, 2, SHOCKS, agent_actions="compound", stabilizers=STABILIZERS,
+            reward={"cost_weight": weight}, **SMALL,
+        )  # fmt: skip
+        population.reset(seed=0)
+        rewards.append(population.step(np.array([population.single_action_space.n - 1, 0]))[1])
+    assert rewards[1][0] == pytest.approx(rewards[0][0] - 9 * (0.02 + 0.002))
+    assert rewards[1][1] == rewards[0][1]  # no stabilizer, no cost
