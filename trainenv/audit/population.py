@@ -31,6 +31,7 @@ from trainenv.audit.runner import (
 from trainenv.audit.store import RunRecord
 
 if TYPE_CHECKING:
+    from trainenv.audit.plan import Recipe
     from trainenv.vector import PopulationVectorEnv
 
 MAX_MEMBERS = 64
@@ -63,30 +64,47 @@ def pack(groups: Sequence[Group], workers: int = 1) -> list[PopulationBatch]:
         by_key.setdefault(json.dumps([group.recipe.key(), group.onset]), []).append(group)
     batches: list[PopulationBatch] = []
     for same in by_key.values():
-        sizes = [1 + len(g.perturbations) for g in same]
-        n_bins = min(len(same), max(workers, -(-sum(sizes) // MAX_MEMBERS)))
-        bins: list[list[Group]] = [[] for _ in range(n_bins)]
-        loads = [0] * n_bins
-        for size, group in sorted(zip(sizes, same), key=lambda pair: -pair[0]):
-            j = loads.index(min(loads))  # the emptiest batch (largest groups first)
-            bins[j].append(group)
-            loads[j] += size
-        batches += [PopulationBatch(tuple(b)) for b in bins if b]
+        bins = balance([1 + len(g.perturbations) for g in same], workers)
+        batches += [PopulationBatch(tuple(same[j] for j in b)) for b in bins]
     return batches
+
+
+def balance(sizes: Sequence[int], workers: int = 1) -> list[list[int]]:
+    """Items of ``sizes`` members each (one recipe) split into populations: enough for
+    :data:`MAX_MEMBERS` members each on average, and at least ``workers`` where there are
+    enough items, filled evenly (largest first, each into the emptiest); each population as
+    its items' indices, in their original order, empty ones left out."""
+    n_bins = min(len(sizes), max(workers, -(-sum(sizes) // MAX_MEMBERS)))
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    loads = [0] * n_bins
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        j = loads.index(min(loads))  # the emptiest population (largest items first)
+        bins[j].append(index)
+        loads[j] += sizes[index]
+    return [sorted(b) for b in bins if b]
 
 
 # -- one batch --------------------------------------------------------------------------------
 _ENVS: dict[str, PopulationVectorEnv] = {}  # per process: building a population is slow
 
 
-def _env(group: Group, n_members: int, role: str) -> PopulationVectorEnv:
-    """The recipe's population env of ``n_members`` for ``role`` ("prefix" or "branches":
-    a batch uses both at once, so they are never the same object)."""
-    names = [*group.action_names, *(s.name for s in group.recipe.stabilizers)]
-    key = json.dumps([group.recipe.key(), names, n_members, role])
+def population_env(
+    recipe: Recipe, interventions: Sequence[str], n_members: int, role: str
+) -> PopulationVectorEnv:
+    """``recipe``'s population env of ``n_members`` offering ``interventions``, built once per
+    process and reused (reset is complete) for ``role``: a caller that holds two populations
+    at once (an audit batch's "prefix" and "branches") gives them different roles, so they
+    are never the same object."""
+    key = json.dumps([recipe.key(), list(interventions), n_members, role])
     if key not in _ENVS:
-        _ENVS[key] = group.recipe.make_population(n_members, names)
+        _ENVS[key] = recipe.make_population(n_members, list(interventions))
     return _ENVS[key]
+
+
+def _env(group: Group, n_members: int, role: str) -> PopulationVectorEnv:
+    """The group's recipe's population env (its actions and stabilizers on offer)."""
+    names = [*group.action_names, *(s.name for s in group.recipe.stabilizers)]
+    return population_env(group.recipe, names, n_members, role)
 
 
 def run_batch(batch: PopulationBatch) -> list[RunRecord]:
