@@ -179,6 +179,11 @@ class PopulationVectorEnv(VectorEnv):
         """Shape ``(N,)``: members whose episode has ended and not yet restarted."""
         return np.array([not e.started for e in self._episodes])
 
+    def telemetry_window(self, member: int) -> np.ndarray:
+        """Member ``member``'s :attr:`TrainEnv.telemetry_window <trainenv.env.TrainEnv.
+        telemetry_window>`: the rows its meta-state encodes now, shape ``(W', C)``; a copy."""
+        return self._episodes[member].window
+
     # -- gymnasium API ------------------------------------------------------------------------
     def reset(
         self,
