@@ -12,6 +12,7 @@ import pytest
 
 import trainenv  # noqa: F401  (registers the environments)
 import trainenv.warning as ew
+import trainenv.warning.populations as ew_populations
 from trainenv import cli
 from trainenv.audit.store import ResultStore
 from trainenv.calibration import calibrate
@@ -434,3 +435,79 @@ def test_simulate_runs_stores_each_run_and_resumes(tmp_path) -> None:
     for a, b in zip(first, again):
         assert (a.seed, a.scenario, a.collapse_onset) == (b.seed, b.scenario, b.collapse_onset)
         np.testing.assert_array_equal(a.p, b.p)
+
+
+# -- simulations on populations -------------------------------------------------------------------
+def _by_key(traces: list[ew.Trace]) -> dict[tuple[int, str], ew.Trace]:
+    return {(t.seed, t.scenario): t for t in traces}
+
+
+def test_population_simulation_records_the_per_run_columns_and_runs(tmp_path) -> None:
+    """The population path gives the per-run path's trace columns, channels, roles and
+    (seed, scenario) set (values differ: the batched MLP is another implementation)."""
+    ramp = ew.Ramp("lr_shock", 2.0, 300.0, steps=3, onset=2)
+    tasks = ew.tasks_for("supervised", DIGITS, [ramp], [0, 1], {"max_steps": 5}, calibration=1)
+    units = ew_populations.work_units(tasks, "auto", workers=1)
+    assert units == [tuple(tasks)]  # one population of every task, in order
+    pop = ew.simulate_runs(tasks, ResultStore(tmp_path / "pop"), progress=False)
+    alone = ew.simulate_runs(tasks, ResultStore(tmp_path / "run"), backend="serial",
+                             progress=False)  # fmt: skip
+    assert _by_key(pop).keys() == _by_key(alone).keys() == {(t.seed, t.scenario) for t in tasks}
+    assert list(ew.traces_frame(pop).columns) == list(ew.traces_frame(alone).columns)
+    for key, a in _by_key(alone).items():
+        b = _by_key(pop)[key]
+        assert (a.k, a.channels, a.roles, a.ramp_onset) == (b.k, b.channels, b.roles, b.ramp_onset)
+        assert {n: v.shape for n, v in a.inputs.items()} == {
+            n: v.shape for n, v in b.inputs.items()
+        }
+        np.testing.assert_array_equal(a.inputs["updates"], b.inputs["updates"])
+
+
+def test_simulation_backends_follow_the_audits_rule() -> None:
+    """auto: populations where the env has one, one task per unit elsewhere (TinyLM); asking
+    for populations names the env without one; an unknown backend is refused."""
+    ramp = ew.Ramp("lr_shock", 2.0, 300.0, steps=3, onset=2)
+    lm = ew.tasks_for("LM", "trainenv/TinyLM-v0", [ramp], [0])
+    digits = ew.tasks_for("supervised", DIGITS, [ramp], [0, 1, 2])
+    units = ew_populations.work_units(lm + digits, "auto", workers=2)
+    assert units[:2] == lm and sorted(len(u) for u in units[2:]) == [3, 3]
+    assert ew_populations.work_units(digits, "process", workers=2) == digits
+    with pytest.raises(ValueError, match="population form.*TinyLM-v0"):
+        ew_populations.work_units(lm + digits, "population", workers=1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ew.simulate_runs(digits, ResultStore("unused"), backend="ray")
+
+
+def test_population_simulation_resumes_without_rerunning_finished_runs(
+    tmp_path, monkeypatch
+) -> None:
+    ramp = ew.Ramp("lr_shock", 2.0, 300.0, steps=3, onset=2)
+    tasks = ew.tasks_for("supervised", DIGITS, [ramp], [0, 1], {"max_steps": 4})
+    ew.simulate_runs(tasks[:2], ResultStore(tmp_path), progress=False)  # "killed" after 2
+    files = {f: f.stat().st_mtime_ns for f in (tmp_path / "runs").glob("*.parquet")}
+    ran: list[tuple[int, str]] = []
+    batch = ew_populations.simulate_batch
+
+    def spy(unit: tuple[ew.Task, ...]) -> list[ew.Trace]:
+        ran.extend((t.seed, t.scenario) for t in unit)
+        return batch(unit)
+
+    monkeypatch.setattr(ew_populations, "simulate_batch", spy)
+    traces = ew.simulate_runs(tasks, ResultStore(tmp_path), progress=False)
+    assert ran == [(t.seed, t.scenario) for t in tasks[2:]]
+    assert {f: f.stat().st_mtime_ns for f in files} == files
+    assert len(traces) == len(tasks)
+
+
+def test_a_ramp_on_one_member_leaves_the_others_unperturbed() -> None:
+    """Member 1's ramp reaches member 1 only: member 0 (same seed, unperturbed) records
+    exactly what it records alone, and member 1 departs from it only after the onset."""
+    ramp = ew.Ramp("lr_shock", 10.0, 300.0, steps=2, onset=2)
+    reference, ramped = ew.tasks_for("supervised", DIGITS, [ramp], [0], {"max_steps": 5})
+    both = ew_populations.simulate_batch([reference, ramped])
+    (alone,) = ew_populations.simulate_batch([reference])
+    for name, values in alone.inputs.items():
+        np.testing.assert_array_equal(both[0].inputs[name], values)
+    np.testing.assert_array_equal(both[0].p, alone.p)
+    np.testing.assert_array_equal(both[1].p[:2], alone.p[:2])
+    assert not np.array_equal(both[1].inputs["loss"][2:], alone.inputs["loss"][2:])

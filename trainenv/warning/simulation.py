@@ -8,9 +8,11 @@ because no detector can warn of a collapse that its inputs and the performance s
 same step; mild ramps (runs survive them) and severe ones (they do not) give both outcomes.
 Runs go through ``env.intervene`` with the ramp's ``{name: magnitude}`` and record, per step,
 ``p``, the loss and gradient norm, the update count and the window features of every telemetry
-channel (:class:`Trace`); meta-states are fitted on those features afterwards
-(:mod:`~trainenv.warning.metastates`), from *calibration* runs: unperturbed runs with the
-seeds :func:`~trainenv.calibration.calibrate` uses, kept apart from the evaluated ones.
+channel (:class:`Trace`, recorded by :mod:`~trainenv.warning.recording`; on populations where
+the env has one, :mod:`~trainenv.warning.populations`); meta-states are fitted on those
+features afterwards (:mod:`~trainenv.warning.metastates`), from *calibration* runs:
+unperturbed runs with the seeds :func:`~trainenv.calibration.calibrate` uses, kept apart from
+the evaluated ones.
 :func:`simulate_runs` runs many through a backend into a results store, so an interrupted
 evaluation resumes.
 
@@ -22,7 +24,6 @@ non-finite. Steps are 1-based: step ``t`` is the state after the run's ``t``-th 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,21 +37,15 @@ from trainenv.audit.store import ResultStore, RunRecord
 from trainenv.audit.tasks import backend_for, run_tasks
 from trainenv.calibration import REFERENCE_SEED_BASE
 from trainenv.core import interventions as registry
-from trainenv.core.collapse import CollapseRule, CollapseState
-from trainenv.core.metastate import window_features
-from trainenv.env import TrainEnv
 
 __all__ = [
     "CALIBRATION",
-    "LOSS_CHANNELS",
     "RECORDED",
     "REFERENCE",
     "Ramp",
     "Task",
     "Trace",
-    "collapse_onset",
     "read_traces",
-    "simulate_run",
     "simulate_runs",
     "task_id",
     "tasks_for",
@@ -60,7 +55,6 @@ __all__ = [
 REFERENCE = "reference"  # the scenario of an unperturbed run
 CALIBRATION = "calibration"  # the scenario of an unperturbed run that meta-states are fitted on
 RECORDED = ("loss", "grad_norm", "updates", "features")  # the inputs simulate_run records
-LOSS_CHANNELS = ("train_loss", "loss")  # the first a trainer has is "the loss"
 
 
 @dataclass(frozen=True)
@@ -170,88 +164,6 @@ class Task:
         return self.ramp.label if self.ramp else REFERENCE
 
 
-# -- simulation -------------------------------------------------------------------------------
-_ENVS: dict[str, TrainEnv] = {}  # per process: building a trainer is slow, reset is complete
-
-
-def _env(task: Task) -> TrainEnv:
-    import gymnasium as gym
-
-    import trainenv  # noqa: F401  (registers the environments)
-
-    key = json.dumps([task.env, task.env_kwargs, task.interventions], sort_keys=True)
-    if key not in _ENVS:
-        env = gym.make(task.env, **task.env_kwargs, interventions=list(task.interventions))
-        _ENVS[key] = env.unwrapped  # type: ignore[assignment]
-    return _ENVS[key]
-
-
-def simulate_run(task: Task) -> Trace:
-    """Run one task through ``env.intervene`` and record its trace."""
-    env = _env(task)
-    if env.encoder is None:
-        raise ValueError(f"{task.env}: the early-warning evaluation needs the env's encoder, "
-                         "whose window the features are computed over")  # fmt: skip
-    channels = list(env.trainer.channel_names)
-    loss = task.loss_channel or next((c for c in LOSS_CHANNELS if c in channels), None)
-    if loss not in channels or "grad_norm" not in channels:
-        raise ValueError(f"{task.env}: needs a loss channel and grad_norm, has {channels}")
-    _, info = env.reset(seed=task.seed)
-    p0, rows, features, reason = info["p"], [], [], None
-    for step in range(1, env.max_steps + 1):
-        ramp = task.ramp
-        magnitude = ramp.magnitude(step) if ramp else None
-        ramped = {} if ramp is None or magnitude is None else {ramp.intervention: magnitude}
-        _, _, terminated, truncated, info = env.intervene(ramped)
-        telemetry = info["telemetry"]
-        rows.append((info["p"], telemetry[loss], telemetry["grad_norm"], info["updates"]))
-        features.append(window_features(env.telemetry_window))
-        if terminated:
-            reason = info["collapse"]
-        if terminated or truncated:
-            break
-    values = np.asarray(rows, dtype=np.float64)
-    return Trace(
-        paradigm=task.paradigm,
-        seed=task.seed,
-        scenario=task.scenario,
-        k=env.k,
-        p=values[:, 0],
-        inputs={
-            "loss": values[:, 1],
-            "grad_norm": values[:, 2],
-            "updates": values[:, 3].astype(np.int64),
-            "features": np.asarray(features, dtype=np.float64),
-        },
-        collapse_onset=collapse_onset(values[:, 0], p0, env.collapse_rule, reason),
-        ramp_onset=task.ramp.onset + 1 if task.ramp else None,
-        channels=tuple(channels),
-        roles=tuple(c.role for c in env.trainer.channels),
-    )
-
-
-def collapse_onset(p: np.ndarray, p0: float, rule: CollapseRule, reason: str | None) -> int | None:
-    """The step (1-based) a collapse became observable, given the run's ``p`` per step, its
-    ``p0`` at reset and the collapse reason of its last step (``None``: no collapse).
-
-    For a performance collapse, the first step of the streak below the threshold that made
-    the rule fire; for a non-finite one, the first step of the streak below the threshold
-    still running when training went non-finite, else that last step.
-    """
-    if reason is None:
-        return None
-    state, start = CollapseState(best=p0), len(p)
-    for t, value in enumerate(p, start=1):
-        state, fired = rule.update(state, float(value), diverged=False)
-        if state.below == 1:
-            start = t
-        if fired is not None:
-            return start
-    if reason == "non-finite":
-        return start if state.below > 0 else len(p)
-    raise ValueError("the collapse rule does not fire on these p values: wrong rule or p0?")
-
-
 def tasks_for(
     paradigm: str,
     env: str,
@@ -347,23 +259,44 @@ def task_id(task: Task) -> str:
 
 
 def simulate_runs(
-    tasks: Sequence[Task], store: ResultStore, workers: int = 1, progress: bool | None = None
+    tasks: Sequence[Task],
+    store: ResultStore,
+    workers: int = 1,
+    progress: bool | None = None,
+    backend: str = "auto",
 ) -> list[Trace]:
     """Simulate ``tasks`` on ``workers`` local workers, each run written to ``store`` as it
     finishes (one ``steps/`` table per run, id :func:`task_id`; runs already there are read
-    back, not rerun). Returns every task's trace, sorted by paradigm, seed and scenario."""
-    backend = make_backend(backend_for(workers), workers)
+    back, not rerun). Returns every task's trace, sorted by paradigm, seed and scenario.
+
+    ``backend`` (one of :data:`~trainenv.warning.populations.SIMULATION_BACKENDS`, the audit's
+    rule): ``auto`` runs the tasks of an env with a population form (Digits-MLP, CartPole-PPO)
+    as members of populations (:mod:`~trainenv.warning.populations`; a population's runs are
+    written when it finishes, so a kill loses at most the populations in flight) and the
+    others one per run; ``population`` insists; ``process`` and ``serial`` run each task
+    alone with the single-run trainer. A task's run id does not depend on the backend (as in
+    audits): a population trace equals the single-run trainer's statistically, not bit for
+    bit (for CartPole PPO), so compare traces of one backend.
+    """
+    from trainenv.warning.populations import simulate_unit, work_units
+
     ids = {(t.paradigm, t.seed, t.scenario): task_id(t) for t in tasks}
 
-    def record(trace: Trace) -> list[RunRecord]:
-        rid = ids[trace.paradigm, trace.seed, trace.scenario]
-        steps = traces_frame([trace]).assign(run_id=rid).to_dict("records")
-        return [RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps)]
+    def record(traces: list[Trace]) -> list[RunRecord]:
+        records = []
+        for trace in traces:
+            rid = ids[trace.paradigm, trace.seed, trace.scenario]
+            steps = traces_frame([trace]).assign(run_id=rid).to_dict("records")
+            records.append(RunRecord({"run_id": rid, "paradigm": trace.paradigm}, steps))
+        return records
 
+    work_units(tasks, backend, workers)  # a bad backend: ValueError before anything runs
+    pool = make_backend(backend if backend in ("process", "serial") else backend_for(workers),
+                        workers)  # fmt: skip
     with store:  # locks the folder; on leaving, writes what is buffered and unlocks
         finished = store.finished()
         todo = [t for t in tasks if ids[t.paradigm, t.seed, t.scenario] not in finished]
-        run_tasks(simulate_run, todo, store, record, backend=backend, total=len(tasks),
-                  done=len(tasks) - len(todo), desc="early warning",
-                  progress=progress)  # fmt: skip
+        run_tasks(simulate_unit, work_units(todo, backend, workers), store, record,
+                  backend=pool, total=len(tasks), done=len(tasks) - len(todo),
+                  desc="early warning", progress=progress)  # fmt: skip
     return read_traces(store.steps(ids.values()))
