@@ -14,6 +14,7 @@ from trainenv.trainers.population import (
     PopulationTrainer,
 )
 from trainenv.trainers.population.stacked import StackedAdam
+from trainenv.trainers.supervised import SupervisedTrainer, dropout_masks
 
 FAST_PPO = {"n_steps": 8, "n_epochs": 2}  # a quick variant of the recipe for the tests
 
@@ -185,6 +186,8 @@ def test_bad_input_raises_before_any_work() -> None:
         (lambda: population.advance(0), "k"),
         (lambda: DigitsMLPPopulation(0), "n_members"),
         (lambda: DigitsMLPPopulation(2, batch_size=0), "batch_size"),
+        (lambda: DigitsMLPPopulation(2, dropout=1.0), "dropout"),
+        (lambda: population.set_knob(0, "dropout", 0.99), "dropout"),
         (lambda: CartPolePPOPopulation(2, algo_kwargs={"target_kl": 0.1}), "target_kl"),
     ]
     for call, field in cases:
@@ -198,7 +201,6 @@ def test_bad_input_raises_before_any_work() -> None:
 def test_declarations_match_the_single_run_trainers() -> None:
     from trainenv.envs import CARTPOLE_PPO_RECIPE, make_cartpole_ppo
     from trainenv.trainers.population.ppo import CARTPOLE_PPO_RECIPE as POPULATION_RECIPE
-    from trainenv.trainers.supervised import SupervisedTrainer
 
     assert POPULATION_RECIPE == CARTPOLE_PPO_RECIPE
     single = make_cartpole_ppo(observation="telemetry").unwrapped.trainer  # type: ignore[attr-defined]
@@ -242,6 +244,79 @@ def test_digits_gradient_is_autograds() -> None:
     torch.testing.assert_close(losses, reference.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
     assert float(grad.abs().sum()) > 0
+
+
+def test_digits_dropout_is_per_member_and_batch_invariant() -> None:
+    """A member's dropout changes its trajectory only; the member replays bit for bit alone
+    (N=1) and beside members with other dropout rates or none, whose rows stay bit for bit
+    those of a population without dropout (their masks are ones)."""
+    reference = started(digits, [1, 2, 3, 7]).advance(12)
+    alone = started(digits, [7])
+    alone.set_knob(0, "dropout", 0.3)
+    population = started(digits, [1, 2, 3, 7])
+    population.set_knob(3, "dropout", 0.3)
+    population.set_knob(1, "dropout", 0.1)
+    together = population.advance(12)
+    np.testing.assert_array_equal(together.values[3], alone.advance(12).values[0])
+    for member in (0, 2):
+        np.testing.assert_array_equal(together.values[member], reference.values[member])
+    loss = [c.name for c in population.channels].index("train_loss")
+    for member in (1, 3):
+        assert not np.array_equal(together.values[member], reference.values[member])
+        # the first update: the same initial weights, batch and data order; masks differ
+        assert together.values[member, 0, loss] != reference.values[member, 0, loss]
+
+
+def test_digits_dropout_replays_and_forks() -> None:
+    """Masks come from each member's own dropout stream: the same seed replays, a restored
+    snapshot or a copied member continues exactly, and dropout at 0 is the recipe."""
+
+    def with_dropout(p: float) -> PopulationTrainer:
+        population = started(digits, [4, 5])
+        population.set_knob(0, "dropout", p)
+        return population
+
+    first = with_dropout(0.2).advance(12)
+    np.testing.assert_array_equal(with_dropout(0.2).advance(12).values, first.values)
+    np.testing.assert_array_equal(
+        with_dropout(0.0).advance(12).values, started(digits, [4, 5]).advance(12).values
+    )
+    population = with_dropout(0.2)
+    population.advance(5)
+    snapshot = population.snapshot(0)
+    continuation = population.advance(12).values[0]
+    population.restore(0, snapshot)
+    np.testing.assert_array_equal(population.advance(12).values[0], continuation)
+    population.restore(0, snapshot)
+    population.copy_member(0, 1)
+    np.testing.assert_array_equal(population.advance(12).values[1], continuation)
+
+
+def test_digits_dropout_gradient_is_autograds() -> None:
+    """With dropout masks, the spelled-out backward pass is still autograd's gradient."""
+    population = started(digits, [0, 1])
+    population.set_knob(1, "dropout", 0.5)
+    x, y = population._next_batch(np.arange(2), 32)  # type: ignore[attr-defined]
+    masks = population._dropout_masks(np.arange(2), 32)  # type: ignore[attr-defined]
+    assert masks is not None and bool((masks[0][1] == 0).any())
+    assert bool((masks[0][0] == 1).all())  # no dropout for member 0
+    single = SupervisedTrainer()  # a member's masks are its single run's (the same stream)
+    single.reset(1)
+    drawn = torch.from_numpy(dropout_masks(single.perturbation_rng("dropout"), 0.5, 32, (64, 64)))
+    assert torch.equal(torch.cat([m[1] for m in masks], 1), drawn)
+    layout = population.layout  # type: ignore[attr-defined]
+    weights = layout.split(population.weights)  # type: ignore[attr-defined]
+    grad = torch.empty(2, layout.size)
+    losses = population._loss_and_grad(weights, x, y, grad, masks)  # type: ignore[attr-defined]
+    params = [w.detach().clone().requires_grad_() for w in weights]
+    h = x
+    for layer, (w, b) in enumerate(zip(params[:-2:2], params[1:-2:2])):
+        h = torch.relu(h @ w + b) * masks[layer]
+    logits = h @ params[-2].transpose(1, 2) + params[-1].transpose(1, 2)
+    reference = torch.stack([torch.nn.functional.cross_entropy(logits[g], y[g]) for g in range(2)])
+    expected = layout.pack(torch.autograd.grad(reference.sum(), params))
+    torch.testing.assert_close(losses, reference.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_stacked_adam_is_one_torch_adam_per_member() -> None:

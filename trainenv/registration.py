@@ -61,7 +61,7 @@ REGISTERED = {
     "trainenv/Digits-MLP-v0": RegisteredEnv(
         "trainenv.envs:make_digits_mlp",
         "SupervisedTrainer",
-        (*_COMMON, *_INPUTS, "label_noise", "grad_noise", *_EVENTS, "layer_reset"),
+        (*_COMMON, *_INPUTS, "label_noise", "grad_noise", "dropout", *_EVENTS, "layer_reset"),
         "trainenv.envs:make_digits_mlp_vec",
     ),
     "trainenv/TinyLM-v0": RegisteredEnv("trainenv.envs:make_tiny_lm", "CausalLMTrainer", _LM),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,8 @@ from trainenv.trainers.torch import TORCH_EVENTS, TorchTrainer
 GRAD_NOISE = KnobSpec(
     "grad_noise", 0.0, 0.0, 1e3, "std of Gaussian gradient noise, relative to the gradient RMS"
 )
+MAX_DROPOUT = 0.95
+"""The largest dropout probability (the knob's and the recipe's)."""
 CHANNELS = (
     ChannelSpec("train_loss", "cross-entropy of the update's mini-batch, nats"),
     ChannelSpec(
@@ -50,6 +53,9 @@ class SupervisedTrainer(TorchTrainer):
             channels hold the latest pass in between.
         val_fraction: Share of the data held out for validation (a fixed split, the same for
             every seed: the seed varies the run, not the task).
+        dropout: Probability of zeroing each hidden activation in training (inverted dropout,
+            masks from the run's ``dropout`` perturbation stream; never at validation). The
+            ``dropout`` knob's default; 0 is the registered recipe.
         device: Where the run trains (``"cpu"``, ``"cuda"``...; see :class:`TorchTrainer`).
         num_threads: Torch threads for the run's work (``None``: the process's setting).
     """
@@ -61,6 +67,7 @@ class SupervisedTrainer(TorchTrainer):
         batch_size: int = 32,
         eval_every: int = 10,
         val_fraction: float = 0.2,
+        dropout: float = 0.0,
         *,
         device: str | torch.device = "cpu",
         num_threads: int | None = 1,
@@ -73,7 +80,9 @@ class SupervisedTrainer(TorchTrainer):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty sequence of widths >= 1, got {hidden}")
-        self.hidden = tuple(int(h) for h in hidden)
+        if not 0 <= dropout <= MAX_DROPOUT:
+            raise ValueError(f"dropout must be in [0, {MAX_DROPOUT}], got {dropout}")
+        self.hidden, self.dropout = tuple(int(h) for h in hidden), float(dropout)
         self.lr, self.batch_size, self.eval_every = float(lr), int(batch_size), int(eval_every)
         super().__init__(device=device, num_threads=num_threads)
         # Under the run's thread count, like the rest of its torch work: a multi-threaded op
@@ -83,6 +92,8 @@ class SupervisedTrainer(TorchTrainer):
             self._data = _DigitsData(val_fraction, self.device)
 
     def _declare(self) -> TrainerSpec:
+        description = "probability of zeroing each hidden activation in training"
+        dropout = KnobSpec("dropout", self.dropout, 0.0, MAX_DROPOUT, description)
         return TrainerSpec(
             channels=CHANNELS,
             knobs=(
@@ -94,6 +105,7 @@ class SupervisedTrainer(TorchTrainer):
                 K.INPUT_SHIFT,
                 K.LABEL_NOISE,
                 GRAD_NOISE,
+                dropout,
             ),
             events=TORCH_EVENTS,
             performance_range=(0.1, 1.0),  # chance (10 classes) to perfect accuracy
@@ -147,7 +159,7 @@ class SupervisedTrainer(TorchTrainer):
         x, y = self._next_batch(max(1, round(self.batch_size / knobs["batch_shrink"])))
         x, y = self._perturb_batch(x, y)
         lr = self.lr * knobs["lr_scale"] * knobs["lr_backoff"]
-        loss = nn.functional.cross_entropy(self._model()(x), y)
+        loss = nn.functional.cross_entropy(self._training_logits(x), y)
         grad_norm = self._optimizer_step(loss, lr)
         weight_norm, update_ratio = self._weight_change()
         if number % self.eval_every == 0:
@@ -156,6 +168,20 @@ class SupervisedTrainer(TorchTrainer):
             loss.item(), self._val_loss, self._val_accuracy, grad_norm, update_ratio,
             weight_norm, lr,
         ]  # fmt: skip
+
+    def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits on ``x`` ``(B, dim)``, its hidden activations dropped out while
+        the ``dropout`` knob is set."""
+        p = self._knobs["dropout"]
+        if p <= 0:
+            return self._model()(x)
+        drawn = dropout_masks(self.perturbation_rng("dropout"), p, len(x), self.hidden)
+        masks = iter(torch.from_numpy(drawn).to(self.device).split(self.hidden, dim=1))
+        for layer in self._model().children():  # the nn.Sequential's layers, in order
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                x = x * next(masks)
+        return x
 
     def _next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cursor + size > len(self._perm):
@@ -198,6 +224,16 @@ class SupervisedTrainer(TorchTrainer):
             logits = self._model()(self._data.x_val)
             self._val_loss = float(nn.functional.cross_entropy(logits, self._data.y_val))
             self._val_accuracy = float((logits.argmax(1) == self._data.y_val).float().mean())
+
+
+def dropout_masks(
+    rng: np.random.Generator, p: float, batch: int, widths: Sequence[int]
+) -> np.ndarray:
+    """One update's inverted-dropout masks of hidden layers ``widths`` on ``batch`` examples,
+    drawn from ``rng``: float32 ``(batch, sum(widths))``, each entry 0 with probability ``p``,
+    else ``1 / (1 - p)``; layer ``l``'s mask is its ``widths[l]`` columns in order."""
+    keep = rng.random((batch, sum(widths)), dtype=np.float32) >= p
+    return keep * np.float32(1.0 / (1.0 - p))
 
 
 class _DigitsData:

@@ -27,7 +27,7 @@ from trainenv.trainers.population.stacked import (
     row_norms,
     uniform_linear_,
 )
-from trainenv.trainers.supervised import SupervisedTrainer
+from trainenv.trainers.supervised import SupervisedTrainer, dropout_masks
 
 _VALIDATION_CHUNK = 8
 """Members validated together: ~1 MB of activations, one core's L2 cache here."""
@@ -40,13 +40,13 @@ class DigitsMLPPopulation(PopulationTrainer):
     Channels, knobs, events, performance (validation accuracy at the latest pass, every
     ``eval_every`` updates) and divergence (non-finite training loss or weights) are the
     single-run trainer's, per member. Member ``i`` draws its initialisation and data order from
-    its own generator (seeded from its seed), its perturbation noise from the single-run
-    trainer's streams. Members with different ``batch_shrink`` train in separate batched
+    its own generator (seeded from its seed), its perturbation noise and dropout masks from the
+    single-run trainer's streams. Members with different ``batch_shrink`` train in separate batched
     computations (one per batch size), so no member's numbers depend on another's.
 
     Args:
         n_members: Population size ``N``.
-        hidden, lr, batch_size, eval_every, val_fraction: The recipe, as for
+        hidden, lr, batch_size, eval_every, val_fraction, dropout: The recipe, as for
             ``SupervisedTrainer`` (same defaults, same validation, same data split).
     """
 
@@ -58,10 +58,11 @@ class DigitsMLPPopulation(PopulationTrainer):
         batch_size: int = 32,
         eval_every: int = 10,
         val_fraction: float = 0.2,
+        dropout: float = 0.0,
     ) -> None:
         # The single-run trainer validates the recipe, declares it and holds the data split;
         # its run is never started.
-        recipe = SupervisedTrainer(hidden, lr, batch_size, eval_every, val_fraction)
+        recipe = SupervisedTrainer(hidden, lr, batch_size, eval_every, val_fraction, dropout)
         super().__init__(n_members, recipe)
         self.hidden, self.lr = recipe.hidden, recipe.lr
         self.batch_size, self.eval_every = recipe.batch_size, recipe.eval_every
@@ -155,11 +156,12 @@ class DigitsMLPPopulation(PopulationTrainer):
         size ``size``; ``numbers`` are their 1-based update numbers. Returns ``(G, C)`` rows."""
         x, y = self._next_batch(index, size)
         x, y = self._perturb_batch(index, x, y)
+        masks = self._dropout_masks(index, size)
         lr = self.lr * self._knobs["lr_scale"][index] * self._knobs["lr_backoff"][index]
         select = None if members is None else torch.from_numpy(members)
         weights = self.layout.split(self.weights if select is None else self.weights[select])
         grad = self.optimizer.grad if members is None else torch.empty(len(index), self.layout.size)
-        losses = self._loss_and_grad(weights, x, y, grad)
+        losses = self._loss_and_grad(weights, x, y, grad, masks)
         grad_norms = row_norms(grad)
         clip_(grad, grad_norms, self._knobs["grad_clip"][index])
         self._add_grad_noise(index, self.layout.split(grad))
@@ -176,26 +178,38 @@ class DigitsMLPPopulation(PopulationTrainer):
         ])  # fmt: skip
 
     def _forward(
-        self, weights: Sequence[torch.Tensor], x: torch.Tensor
+        self,
+        weights: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        masks: Sequence[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The hidden activations ``[x, h1, ...]`` (``(G, B, width)``) and the logits
-        ``(G, classes, B)`` of inputs ``x`` ``(G, B, dim)``. Classes first: a softmax over dim 1
-        runs vectorised over the batch, ~40x faster on CPU than over a last dim of 10 (measured).
+        """The hidden activations ``[x, h1, ...]`` (``(G, B, width)``, times their dropout
+        ``masks`` when given) and the logits ``(G, classes, B)`` of inputs ``x`` ``(G, B, dim)``.
+        Classes first: a softmax over dim 1 runs vectorised over the batch, ~40x faster on CPU
+        than over a last dim of 10 (measured).
         """
         activations = [x]
-        for w, b in zip(weights[:-2:2], weights[1:-2:2]):
+        for layer, (w, b) in enumerate(zip(weights[:-2:2], weights[1:-2:2])):
             activations.append(linear(activations[-1], w, b).relu_())
+            if masks is not None:
+                activations[-1].mul_(masks[layer])
         logits = matmul(weights[-2], activations[-1].transpose(1, 2), weights[-1])
         return activations, logits
 
     def _loss_and_grad(
-        self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor
+        self,
+        weights: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        grad: torch.Tensor,
+        masks: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Each member's mean cross-entropy on its batch ``x`` ``(G, B, dim)``, ``y`` ``(G, B)``,
-        shape ``(G,)``; the gradient of each member's loss is written into its row of ``grad``
-        ``(G, P)``. The backward pass is spelled out: autograd's bookkeeping cost about as much
-        as the products themselves here (measured)."""
-        activations, logits = self._forward(weights, x)
+        with its hidden layers' dropout ``masks`` (``(G, B, width)``, or None), shape ``(G,)``;
+        the gradient of each member's loss is written into its row of ``grad`` ``(G, P)``. The
+        backward pass is spelled out: autograd's bookkeeping cost about as much as the products
+        themselves here (measured)."""
+        activations, logits = self._forward(weights, x, masks)
         target = y.unsqueeze(1)  # (G, 1, B)
         log_probs = torch.log_softmax(logits, 1)
         losses = -log_probs.gather(1, target).mean((1, 2))
@@ -205,7 +219,10 @@ class DigitsMLPPopulation(PopulationTrainer):
         grads[-2], grads[-1] = matmul(delta, activations[-1]), delta.sum(2, keepdim=True)
         back = matmul(delta.transpose(1, 2), weights[-2])  # d(loss)/d(last hidden activation)
         for layer in reversed(range(len(activations) - 1)):
-            pre = torch.ops.aten.threshold_backward(back, activations[layer + 1], 0)  # relu'
+            # relu' (zero where the activation is; times the mask where it was dropped out)
+            pre = torch.ops.aten.threshold_backward(back, activations[layer + 1], 0)
+            if masks is not None:
+                pre.mul_(masks[layer])
             grads[2 * layer] = matmul(activations[layer].transpose(1, 2), pre)
             grads[2 * layer + 1] = pre.sum(1, keepdim=True)
             if layer:
@@ -248,6 +265,19 @@ class DigitsMLPPopulation(PopulationTrainer):
                 random_labels = torch.from_numpy(rng.integers(self._data.n_classes, size=len(y[g])))
                 y[g] = torch.where(flip, random_labels, y[g])
         return x, y
+
+    def _dropout_masks(self, index: np.ndarray, size: int) -> list[torch.Tensor] | None:
+        """Each hidden layer's dropout masks ``(G, B, width)`` of the members ``index``
+        (ones for a member without dropout: multiplying by 1 changes no bit), drawn as the
+        single-run trainer draws them; None when no member drops out."""
+        p = self._knobs["dropout"][index]
+        if not (p > 0).any():
+            return None
+        masks = np.ones((len(index), size, sum(self.hidden)), dtype=np.float32)
+        for g in np.flatnonzero(p > 0):
+            rng = self.perturbation_rng(int(index[g]), "dropout")
+            masks[g] = dropout_masks(rng, float(p[g]), size, self.hidden)
+        return list(torch.from_numpy(masks).split(self.hidden, dim=2))
 
     def _add_grad_noise(self, index: np.ndarray, grads: Sequence[torch.Tensor]) -> None:
         rel_std = self._knobs["grad_noise"][index]
