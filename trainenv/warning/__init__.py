@@ -17,9 +17,10 @@ act (controllers in ``agents/`` may act on them).
 Submodules: :mod:`~trainenv.warning.detectors` (streaming detectors and threshold
 calibration), :mod:`~trainenv.warning.learned` (a logistic-regression baseline),
 :mod:`~trainenv.warning.simulation` (calibration and reference runs and ramps, recorded as
-traces), :mod:`~trainenv.warning.metastates` (the full and leak-free meta-states fitted on
-calibration runs), :mod:`~trainenv.warning.evaluation` (detection rate, lead time, false
-alarms, AUROC).
+traces by :mod:`~trainenv.warning.recording`, as population members where the env has a
+population form: :mod:`~trainenv.warning.populations`), :mod:`~trainenv.warning.metastates`
+(the full and leak-free meta-states fitted on calibration runs),
+:mod:`~trainenv.warning.evaluation` (detection rate, lead time, false alarms, AUROC).
 Names load on first use, so ``import trainenv.warning`` stays light.
 """
 
