@@ -108,3 +108,29 @@ def test_a_second_audit_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     assert str(out) in refused.stderr and f"pid {os.getpid()}" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (out / "plan.yaml").exists() and not ResultStore(out).finished()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_findings_cleanly(tmp_path: Path) -> None:
+    """``trainenv findings`` stopped by Ctrl-C: exit 130, the resume hint, no traceback, no
+    worker left behind."""
+    out = tmp_path / "findings"
+    command = [sys.executable, "-m", "trainenv.cli", "findings", "--quick", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "claim3").is_dir():  # past the imports: claim 3's runs have started
+        assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.0)
+    children = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    while survivors := {pid for pid in children if alive(pid)}:
+        assert time.monotonic() < deadline, f"still alive: {survivors}"
+        time.sleep(0.1)
+    assert process.returncode == 130, err
+    assert INTERRUPTED in err and "Traceback" not in err

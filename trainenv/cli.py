@@ -317,7 +317,12 @@ def _findings(args: argparse.Namespace) -> int:
             flush=True,
         )
     workers = args.workers if args.workers is not None else os.cpu_count() or 1
-    report, findings = run_findings(args.out, quick=args.quick, workers=workers)
+    with _interruptible():
+        try:
+            report, findings = run_findings(args.out, quick=args.quick, workers=workers)
+        except _Interrupted as stop:  # every finished run and trace is written by now
+            print(f"trainenv findings: {INTERRUPTED}", file=sys.stderr)
+            return 128 + stop.signum
     for claim, (_, verdict) in findings.verdicts().items():
         print(f"claim {claim}: {verdict}")
     _print_report(report)
