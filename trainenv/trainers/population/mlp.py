@@ -31,6 +31,8 @@ from trainenv.trainers.supervised import SupervisedTrainer, dropout_masks
 
 _VALIDATION_CHUNK = 8
 """Members validated together: ~1 MB of activations, one core's L2 cache here."""
+_OPTIONAL_KNOBS = ("input_noise", "input_shift", "label_noise", "grad_noise", "dropout")
+"""Knobs that add work to an update while above 0 (and none at their default, 0)."""
 
 
 class DigitsMLPPopulation(PopulationTrainer):
@@ -76,6 +78,8 @@ class DigitsMLPPopulation(PopulationTrainer):
                               (self._data.n_classes, 1)])  # fmt: skip
         self.weights = torch.zeros(n, self.layout.size)  # each member's layers, packed
         self.optimizer = StackedAdam(self.weights)
+        self._weight_views = self.layout.split(self.weights)  # every member's, made once
+        self._busy = dict.fromkeys(_OPTIONAL_KNOBS, True)  # set by each _advance
         self._x_val = torch.empty(0)  # the validation inputs, one copy per member (see _validate)
         self._generators = [torch.Generator() for _ in range(n)]
         self._perm = torch.zeros(n, len(self._data.y_train), dtype=torch.long)
@@ -103,18 +107,31 @@ class DigitsMLPPopulation(PopulationTrainer):
         self._validate(np.array([member]))
 
     def _advance(self, k: int) -> PopulationTelemetry:
-        n = self.n_members
+        n, knobs = self.n_members, self._knobs
         values = np.full((n, k, len(self.channels)), np.nan)
         n_updates = np.zeros(n, dtype=np.int64)
         diverged = self.diverged.copy()
-        sizes = np.maximum(1, np.round(self.batch_size / self._knobs["batch_shrink"])).astype(int)
+        # Knobs hold still during the call: what the updates involve is decided once, so the
+        # common case (no member perturbed) pays nothing per update for the perturbations.
+        sizes = np.maximum(1, np.round(self.batch_size / knobs["batch_shrink"])).astype(int)
+        lr = self.lr * knobs["lr_scale"] * knobs["lr_backoff"]
+        self._busy = {name: bool((knobs[name] > 0).any()) for name in _OPTIONAL_KNOBS}
+        every = np.arange(n)
+        plan = groups(np.flatnonzero(~diverged), sizes, n)
         for step in range(k):
-            for members, size in groups(np.flatnonzero(~diverged), sizes, n):
-                index = np.arange(n) if members is None else members
-                rows = self._update(members, index, size, self.updates[index] + step + 1)
-                values[index, step] = rows
+            for members, size in plan:
+                index = every if members is None else members
+                rows = values[:, step] if members is None else values[index, step]
+                self._update(members, index, size, self.updates[index] + step + 1, lr, rows)
+                if members is not None:
+                    values[index, step] = rows
                 n_updates[index] += 1
-                diverged[index] |= ~np.isfinite(rows[:, [0, 5]]).all(axis=1)
+            # non-finite training loss or weights: diverged (the groups change only then)
+            ran = n_updates == step + 1
+            finite = np.isfinite(values[:, step, 0]) & np.isfinite(values[:, step, 5])
+            if not finite[ran].all():
+                diverged |= ran & ~finite
+                plan = groups(np.flatnonzero(~diverged), sizes, n)
         return PopulationTelemetry(values, n_updates, diverged)
 
     def evaluate(self) -> np.ndarray:
@@ -150,32 +167,44 @@ class DigitsMLPPopulation(PopulationTrainer):
 
     # -- one update of a group ----------------------------------------------------------------
     def _update(
-        self, members: Members, index: np.ndarray, size: int, numbers: np.ndarray
-    ) -> np.ndarray:
+        self,
+        members: Members,
+        index: np.ndarray,
+        size: int,
+        numbers: np.ndarray,
+        lr: np.ndarray,
+        rows: np.ndarray,
+    ) -> None:
         """One update of the members ``index`` (``members``, or all when None), all with batch
-        size ``size``; ``numbers`` are their 1-based update numbers. Returns ``(G, C)`` rows."""
+        size ``size``; ``numbers`` are their 1-based update numbers, ``lr`` every member's
+        learning rate ``(N,)``. Writes their telemetry into ``rows`` ``(G, C)``."""
         x, y = self._next_batch(index, size)
-        x, y = self._perturb_batch(index, x, y)
-        masks = self._dropout_masks(index, size)
-        lr = self.lr * self._knobs["lr_scale"][index] * self._knobs["lr_backoff"][index]
-        select = None if members is None else torch.from_numpy(members)
-        weights = self.layout.split(self.weights if select is None else self.weights[select])
-        grad = self.optimizer.grad if members is None else torch.empty(len(index), self.layout.size)
+        busy = self._busy
+        if busy["input_noise"] or busy["input_shift"] or busy["label_noise"]:
+            x, y = self._perturb_batch(index, x, y)
+        masks = self._dropout_masks(index, size) if busy["dropout"] else None
+        if members is None:
+            flat, weights, grad = self.weights, self._weight_views, self.optimizer.grad
+        else:
+            lr, select = lr[index], torch.from_numpy(members)
+            flat, grad = self.weights[select], torch.empty(len(index), self.layout.size)
+            weights = self.layout.split(flat)
         losses = self._loss_and_grad(weights, x, y, grad, masks)
         grad_norms = row_norms(grad)
         clip_(grad, grad_norms, self._knobs["grad_clip"][index])
-        self._add_grad_noise(index, self.layout.split(grad))
+        if busy["grad_noise"]:
+            self._add_grad_noise(index, self.layout.split(grad))
         moved = self.optimizer.step(members, grad, lr)
-        weight_norms = row_norms(self.weights if select is None else self.weights[select])
+        weight_norms = row_norms(flat if members is None else self.weights[select])
         due = index[numbers % self.eval_every == 0]
         if len(due):
             self._validate(due)
-        measured = torch.stack([losses, grad_norms, moved, weight_norms], 1).double()
-        loss, grad_norm, moved_norm, weight_norm = measured.numpy().T
-        return np.column_stack([
-            loss, self._val_loss[index], self._val_accuracy[index], grad_norm,
-            moved_norm / np.maximum(weight_norm, 1e-12), weight_norm, lr,
-        ])  # fmt: skip
+        loss, grad_norm, moved_norm, weight_norm = (
+            torch.stack([losses, grad_norms, moved, weight_norms]).double().numpy()
+        )
+        rows[:, 0], rows[:, 1], rows[:, 2] = loss, self._val_loss[index], self._val_accuracy[index]
+        rows[:, 3], rows[:, 5], rows[:, 6] = grad_norm, weight_norm, lr
+        rows[:, 4] = moved_norm / np.maximum(weight_norm, 1e-12)
 
     def _forward(
         self,
@@ -294,7 +323,11 @@ class DigitsMLPPopulation(PopulationTrainer):
         for start in range(0, len(index), _VALIDATION_CHUNK):
             chunk = index[start : start + _VALIDATION_CHUNK]
             with torch.no_grad():
-                weights = self.layout.split(self.weights[torch.from_numpy(chunk)])
+                if chunk[-1] - chunk[0] == len(chunk) - 1:  # consecutive members: a view
+                    flat = self.weights[chunk[0] : chunk[-1] + 1]
+                else:
+                    flat = self.weights[torch.from_numpy(chunk)]
+                weights = self.layout.split(flat)
                 if len(self._x_val) < len(chunk):  # one contiguous copy per member, made once
                     self._x_val = self._data.x_val.expand(len(chunk), -1, -1).contiguous()
                 logits = self._forward(weights, self._x_val[: len(chunk)])[1]
