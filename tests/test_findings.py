@@ -17,8 +17,17 @@ from tests.test_early_warning import synthetic_traces
 from trainenv import cli
 from trainenv.audit.runner import plan_groups
 from trainenv.audit.store import ResultStore, RunRecord
-from trainenv.findings.config import CONFIG_FILE, Paradigm, load_config, quick_config
+from trainenv.findings.config import (
+    CONFIG_FILE,
+    Paradigm,
+    StochasticityKnob,
+    full_config,
+    load_config,
+    quick_config,
+)
+from trainenv.findings.dose import Stochasticity, dose_response, trend
 from trainenv.findings.report import CLAIMS, PAPER, write_findings
+from trainenv.findings.sampling import SampleSizeRule, grow_seeds
 from trainenv.findings.verdicts import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -27,6 +36,7 @@ from trainenv.findings.verdicts import (
     overall,
     verdict_buffering,
     verdict_decoupling,
+    verdict_dose,
     verdict_warning,
 )
 from trainenv.warning.evaluation import PRIMARY
@@ -173,6 +183,108 @@ def test_buffering_verdicts_of_planted_effects(effect: float, verdict: str) -> N
     assert result.verdict == verdict
 
 
+def planted_dose(
+    effects: list[float], seeds: int = 8, noise: float = 0.01, rng_seed: int = 5
+) -> pd.DataFrame:
+    """Perturbed runs of recipe "x" and of "x+noise=L" at levels 1, 2, 3 (common random numbers:
+    the same seeds and perturbations), whose drawdowns differ from x's by ``effects[L - 1]``
+    plus per-pair noise."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for seed in range(seeds):
+        for m in range(4):
+            drawdown = 0.3 + 0.05 * rng.standard_normal()
+            sides = [("x", drawdown)] + [
+                (f"x+noise={level}", drawdown + effect + noise * rng.standard_normal())
+                for level, effect in enumerate(effects, start=1)
+            ]
+            for recipe, value in sides:
+                rows.append({"recipe": recipe, "kind": "perturbed", "status": "ok",
+                             "seed": seed, "onset": 5, "intervention": "lr_shock",
+                             "magnitude": float(m), "drawdown": value,
+                             "collapsed": value > 0.5})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def planted_stochasticity(effects: list[float], **kwargs) -> Stochasticity:
+    runs = planted_dose(effects, **kwargs)
+    levels = {float(level): f"x+noise={level}" for level in range(1, len(effects) + 1)}
+    return Stochasticity((dose_response(runs, "x", levels, "grad_noise", n_boot=200),))
+
+
+@pytest.mark.parametrize(
+    ("effects", "noise", "verdict"),
+    [([-0.05, -0.1, -0.15], 0.01, SUPPORTED),  # more noise, smaller drawdowns
+     ([0.0, 0.0, 0.0], 0.002, NOT_SUPPORTED),  # no trend, no level buffers
+     ([0.05, 0.1, 0.15], 0.01, NOT_SUPPORTED),  # the wrong direction
+     ([-0.01, 0.0, 0.01], 0.3, INCONCLUSIVE)],  # too noisy to tell
+)  # fmt: skip
+def test_dose_response_verdicts_of_planted_trends(
+    effects: list[float], noise: float, verdict: str
+) -> None:
+    result = planted_stochasticity(effects, noise=noise, rng_seed=7).primary
+    assert result.levels == (1.0, 2.0, 3.0)
+    for effect, level in zip(effects, result.effects):
+        assert level.drawdown["mean"] == pytest.approx(effect, abs=4 * noise)
+    if noise < 0.1:  # slope of (0, e1, e2, e3) against ranks (0, 1, 2, 3)
+        expected = np.polyfit([0, 1, 2, 3], [0, *effects], 1)[0]
+        assert result.slope == pytest.approx(expected, abs=2 * noise)
+        assert result.slope_lo <= result.slope <= result.slope_hi
+    assert result.verdict == verdict
+    assert set(result.pairs["level"]) == {1.0, 2.0, 3.0}
+
+
+def test_trend_needs_two_levels_and_matching_shapes() -> None:
+    with pytest.raises(ValueError, match="level rank"):
+        trend(np.zeros(4), np.zeros(4), np.ones(4), n_boot=10)
+    with pytest.raises(ValueError, match="level rank"):
+        trend(np.zeros(4), np.zeros(3), np.array([1, 2, 1, 2]), n_boot=10)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "levels", "verdict"),
+    [(-0.05, -0.01, [INCONCLUSIVE, SUPPORTED], SUPPORTED),
+     (-0.05, -0.01, [INCONCLUSIVE, INCONCLUSIVE], INCONCLUSIVE),  # a trend, no level buffers
+     (0.01, 0.05, [NOT_SUPPORTED, INCONCLUSIVE], NOT_SUPPORTED),  # the wrong direction
+     (-0.01, 0.01, [NOT_SUPPORTED, NOT_SUPPORTED], NOT_SUPPORTED),  # no material trend
+     (0.01, 0.05, [SUPPORTED, NOT_SUPPORTED], INCONCLUSIVE),  # buffers at a low level only
+     (-0.05, 0.01, [SUPPORTED], INCONCLUSIVE), (math.nan, 0.1, [SUPPORTED], INCONCLUSIVE)],
+)  # fmt: skip
+def test_dose_response_rule(lo: float, hi: float, levels: list[str], verdict: str) -> None:
+    assert verdict_dose(lo, hi, levels) == verdict
+
+
+# -- the sample-size rule -----------------------------------------------------------------------
+def test_the_sample_size_rule_stops_when_the_width_targets_are_met() -> None:
+    rule = SampleSizeRule(start=8, step=8, cap=64, rho_ci_width=0.5, trend_ci_width=0.04)
+    widths = {8: {"rho": 0.9, "trend": 0.03}, 16: {"rho": 0.6, "trend": 0.05},
+              24: {"rho": 0.45, "trend": 0.035}, 32: {"rho": 0.1, "trend": 0.01}}  # fmt: skip
+    asked = []
+
+    def measure(n: int) -> dict[str, float]:
+        asked.append(n)
+        return widths[n]
+
+    course = grow_seeds(rule, measure)
+    assert asked == [8, 16, 24] and course.seeds == 24 and course.met
+    assert "every target met" in course.describe()
+
+
+def test_the_sample_size_rule_stops_at_its_cap() -> None:
+    rule = SampleSizeRule(start=4, step=8, cap=16, rho_ci_width=0.5)
+    asked = []
+
+    def measure(n: int) -> dict[str, float]:
+        asked.append(n)
+        return {"rho": math.inf}  # never computable: never met
+
+    course = grow_seeds(rule, measure)
+    assert asked == [4, 12, 16] and course.seeds == 16 and not course.met
+    assert "cap reached" in course.describe()
+    fixed = SampleSizeRule(start=4, cap=4, rho_ci_width=0.5)
+    assert grow_seeds(fixed, measure).seeds == 4 and "fixed" in fixed.describe()
+
+
 def test_early_warning_verdict_of_a_detector_that_warns_every_collapse() -> None:
     result = F.early_warning(synthetic_traces(lead=4), horizon=4, false_alarm_rate=0.05,
                              n_boot=200)  # fmt: skip
@@ -247,7 +359,7 @@ def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
     findings.decoupling["supervised"] = F.decoupling(
         planted_outcomes(8, np.linspace(0.2, 0.9, 8)), n_boot=100
     )
-    findings.buffering["supervised"] = F.buffering(planted_pairs(-0.1), "x", "x+noise", 100)
+    findings.buffering["supervised"] = planted_stochasticity([-0.05, -0.1, -0.15])
     for paradigm in ("supervised", "RL"):
         findings.warning[paradigm] = F.early_warning(synthetic_traces(lead=4), 4, 0.05, 100)
     findings.warning["LM"] = F.early_warning(synthetic_traces(lead=4), 4, 0.05, 100)
@@ -270,7 +382,10 @@ def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
     assert [row[0] for row in rows] == [f'1. "{PAPER[1]}"', f'2. "{PAPER[2]}"',
                                         f'3. "{PAPER[3]}"', "", ""]  # fmt: skip
     assert rows[0][3] == "rho +1.00 [+1.00, +1.00]"  # the planted perfect coupling
-    assert rows[1][3].startswith("drawdown difference -0.100 [")
+    assert rows[1][3].startswith("grad_noise trend -0.05")
+    assert "drawdown difference at 1: -0.05" in rows[1][3]
+    assert "Each level against the recipe without the knob" in text
+    assert "## Sample sizes" in text
     leak_free = findings.warning["RL"].table.set_index("detector").loc[PRIMARY]
     assert rows[3][3].startswith(f"AUROC {leak_free['auroc']:.3f} [")
     assert "minus the logistic baseline's" in rows[3][3]
@@ -279,13 +394,13 @@ def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
 
 # -- the settings -------------------------------------------------------------------------------
 RUN_IDS = {  # sha256 of the sorted run ids of each paradigm: runs saved by earlier versions
-    # (claim 3's ids changed with what its runs record: window features, issue 14)
-    ("quick", "supervised"): (330, "9c4f412a8c171cbc"),
-    ("quick", "RL"): (16, "89cebd40ae2e74f0"),
-    ("quick", "LM"): (17, "d01ab85d4cb7d49d"),
-    ("full", "supervised"): (1100, "b83f0e094bfd5b41"),
-    ("full", "RL"): (204, "8da420be1cf0b5ff"),
-    ("full", "LM"): (196, "c6d7a6df89c87114"),
+    # (claims 1-2's ids changed with the dose-response design and the sample-size rule's starts)
+    ("quick", "supervised"): (358, "68e177136b1f863a"),
+    ("quick", "RL"): (40, "84d329f9a041b331"),
+    ("quick", "LM"): (37, "4b4dbb3bc136bb48"),
+    ("full", "supervised"): (12732, "ab6bb17606bcfaa6"),
+    ("full", "RL"): (2284, "2da17d3d9f0ce7cf"),
+    ("full", "LM"): (296, "e421ffd0e7f88d3c"),
 }
 
 
@@ -318,6 +433,59 @@ def test_a_bad_settings_file_names_the_field(tmp_path) -> None:
         load_config("medium", path)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [("sample_size: {start: 32, step: 8, cap: 40,", "sample_size: {start: 32, step: 8, cap: 16,",
+      "cap must be >= start"),
+     ("rho_ci_width: 0.5, trend_ci_width: 0.04}", "rho_ci_width: 3.0, trend_ci_width: 0.04}",
+      "rho_ci_width"),
+     ("sample_size: {start: 32,", "sample_size: {start: 1,", "start"),
+     ("trend_ci_width: 0.04}", "trend_ci_width: -0.04}", "trend_ci_width"),
+     ("levels: [0.1, 0.3, 1.0]", "levels: [0.1, 1.0]", "levels of 'grad_noise' must be >= 3"),
+     ("levels: [0.1, 0.3, 1.0]", "levels: [0.3, 0.1, 1.0]", "increasing order"),
+     ("levels: [0.1, 0.3, 1.0]", "levels: [0.1, 0.3, 5.0]", "grad_noise"),
+     ("{name: grad_noise, levels", "{name: lr_shock, levels", "cannot be held on")],
+)  # fmt: skip
+def test_bad_claim_2_and_sample_size_settings_name_the_field(
+    tmp_path, old: str, new: str, message: str
+) -> None:
+    path = tmp_path / "paradigms.yaml"
+    text = CONFIG_FILE.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=message):
+        load_config("full", path)
+
+
+def test_a_knob_takes_at_least_three_levels_in_its_range() -> None:
+    knob = StochasticityKnob(name="entropy_bonus", levels=(0.003, 0.01, 0.03))
+    assert [s.magnitude for s in knob.stabilizers()] == [0.003, 0.01, 0.03]
+    with pytest.raises(ValueError, match="magnitude"):
+        StochasticityKnob(name="entropy_bonus", levels=(0.01, 0.1, 1.0))  # above 0.1
+
+
+def test_the_full_config_tests_claim_1_on_24_recipes_or_more_and_4x_the_seeds() -> None:
+    """Claim 1 on Digits and CartPole: >= 24 recipes (the grid alone), each paradigm's claim-2
+    knob at >= 3 levels, and at least 4x the seeds of the earlier settings (8, 4, 4) to start
+    with, growing to a cap while the CI-width targets are unmet."""
+    config = {p.name: p for p in full_config().paradigms}
+    for name, before in (("supervised", 8), ("RL", 4), ("LM", 4)):
+        paradigm = config[name]
+        assert paradigm.sample_size.start >= 4 * before
+        assert all(len(k.levels) >= 3 for k in paradigm.stochasticity)
+    for name in ("supervised", "RL"):
+        paradigm = config[name]
+        assert len(paradigm.grid) >= 24
+        assert paradigm.sample_size.rho_ci_width == 0.5
+        assert paradigm.sample_size.cap > paradigm.sample_size.start
+        assert len(paradigm.grid_recipes()) == 1 + len(paradigm.grid) + sum(
+            len(k.levels) for k in paradigm.stochasticity
+        )
+    assert [k.name for k in config["supervised"].stochasticity] == ["grad_noise", "dropout"]
+    quick = quick_config()
+    assert all({1, 2, 3} <= set(p.claims) for p in quick.paradigms)  # every claim everywhere
+
+
 # -- the quick run ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_quick_findings_writes_its_report_and_resumes(tmp_path) -> None:
@@ -336,13 +504,18 @@ def test_quick_findings_writes_its_report_and_resumes(tmp_path) -> None:
         assert set(reported[claim]) == tested
 
     outcomes = pd.read_csv(data / "claim1_outcomes.csv")
-    (digits,) = [p for p in config.paradigms if 1 in p.claims]
-    assert list(outcomes["paradigm"].unique()) == [digits.name]
-    assert outcomes["recipe"].nunique() == len(digits.grid_recipes())
-    assert len(outcomes) == len(digits.grid_recipes()) * digits.seeds
-    assert outcomes["final_p"].between(0, 1).all()
     pairs = pd.read_csv(data / "claim2_pairs.csv")
-    assert len(pairs) == digits.seeds * sum(len(g.magnitudes) for g in digits.interventions)
+    assert set(outcomes["paradigm"]) == {p.name for p in config.paradigms}
+    assert outcomes["final_p"].between(0, 1).all()
+    for paradigm in config.paradigms:
+        seeds = paradigm.sample_size
+        mine = outcomes[outcomes["paradigm"] == paradigm.name]
+        assert mine["recipe"].nunique() == len(paradigm.grid_recipes())
+        n = mine["seed"].nunique()  # the sample-size rule's choice, within its bounds
+        assert seeds.start <= n <= seeds.cap and len(mine) == len(paradigm.grid_recipes()) * n
+        levels = sum(len(k.levels) for k in paradigm.stochasticity)
+        perturbations = sum(len(g.magnitudes) for g in paradigm.interventions)
+        assert (pairs["paradigm"] == paradigm.name).sum() == n * levels * perturbations
     detectors = pd.read_csv(data / "claim3_detectors.csv")
     assert (detectors["collapses"] > 0).all()
     assert detectors["false_alarm_rate"].between(0, 0.2).all()

@@ -13,13 +13,18 @@
 
 Each verdict ("supported", "not supported", "inconclusive") is computed from confidence
 intervals by the rule written in the report (:data:`~trainenv.findings.verdicts.RULES`), never
-set by hand. ``--quick`` tests claims 1 and 2 on Digits-MLP and claim 3 on Digits-MLP,
-CartPole-PPO and TinyLM; the full run tests every claim on all three.
+set by hand. Both versions test every claim on Digits-MLP, CartPole-PPO and TinyLM; ``--quick``
+with few recipes and seeds. Claim 2 is a dose-response: each stochasticity knob at three or
+more levels against none. Claims 1 and 2 get their seeds by a stated rule: batches of seeds
+until every CI-width target is met or a cap is reached.
 
-Submodules: :mod:`~trainenv.findings.verdicts` (the rules), :mod:`~trainenv.findings.config`
-(per-paradigm settings, read from ``paradigms.yaml``), :mod:`~trainenv.findings.claims` (the
-statistics), :mod:`~trainenv.findings.run` (running the experiments, resumably),
-:mod:`~trainenv.findings.report` and :mod:`~trainenv.findings.figures` (the report).
+Submodules: :mod:`~trainenv.findings.verdicts` (the claims and their rules),
+:mod:`~trainenv.findings.config` (per-paradigm settings, read from ``paradigms.yaml``),
+:mod:`~trainenv.findings.claims` (the statistics), :mod:`~trainenv.findings.dose` (claim 2's
+dose-response), :mod:`~trainenv.findings.sampling` (the sample-size rule),
+:mod:`~trainenv.findings.run` (running the experiments, resumably),
+:mod:`~trainenv.findings.report`, :mod:`~trainenv.findings.report_audits`,
+:mod:`~trainenv.findings.report_warning` and :mod:`~trainenv.findings.figures` (the report).
 Names load on first use, so ``import trainenv.findings`` stays light.
 """
 

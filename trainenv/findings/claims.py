@@ -6,7 +6,8 @@ traces (claim 3), and :class:`Findings`, the results of a findings run.
    score from a perturbation audit (:func:`decoupling`).
 2. *Controlled stochasticity buffers learning dynamics*: the same perturbations with and
    without the trainer's stochasticity knob held on; the paired difference in drawdown and in
-   collapse rate (:func:`buffering`).
+   collapse rate (:func:`buffering`), at each of the knob's levels, and its trend over them
+   (:mod:`trainenv.findings.dose`).
 3. *Meta-state deviations precede collapse*: the early-warning evaluation of
    :mod:`trainenv.warning` (:func:`early_warning`), on the *leak-free* meta-state (dynamics
    channels only), beside the full one and a logistic-regression baseline.
@@ -18,6 +19,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,10 @@ from trainenv.warning.evaluation import CLAIM3, LEARNED, PRIMARY, evaluate_detec
 from trainenv.warning.metastates import fit_meta_states, with_meta_states
 from trainenv.warning.simulation import CALIBRATION, Trace
 
+if TYPE_CHECKING:
+    from trainenv.findings.dose import Stochasticity
+    from trainenv.findings.sampling import SampleSize
+
 __all__ = [
     "Buffering",
     "Decoupling",
@@ -55,8 +61,11 @@ MIN_BEST_P = 0.05  # an unperturbed branch below this p has nothing to lose: no 
 
 
 # -- claim 1: decoupling --------------------------------------------------------------------
-def recipe_outcomes(store: ResultStore, recipes: Sequence[str], onset: int) -> pd.DataFrame:
-    """Per recipe and seed: ``final_p`` and ``stability`` from an audit's results.
+def recipe_outcomes(
+    store: ResultStore, recipes: Sequence[str], onset: int, seeds: int | None = None
+) -> pd.DataFrame:
+    """Per recipe and seed: ``final_p`` and ``stability`` from an audit's results (seeds
+    ``0 .. seeds - 1`` only, if given: a store may hold more).
 
     ``final_p`` is the unperturbed branch's ``p`` at its last step. ``stability`` is
     ``1 - mean relative drawdown`` over the seed's perturbed runs, a run's relative drawdown
@@ -66,7 +75,7 @@ def recipe_outcomes(store: ResultStore, recipes: Sequence[str], onset: int) -> p
     ``p = MIN_BEST_P`` has no stability score (NaN).
     """
     runs = store.runs()
-    runs = runs[runs["recipe"].isin(recipes)]
+    runs = runs[runs["recipe"].isin(recipes) & (runs["seed"] < (seeds or math.inf))]
     base = runs[runs["kind"] == "baseline"]
     steps = store.steps(base["run_id"])
     rows = []
@@ -216,7 +225,7 @@ def _standardised(values: np.ndarray) -> float:
 
 @dataclass
 class Buffering:
-    """Claim 2 on one paradigm."""
+    """Claim 2 at one level of a knob: its paired comparison with the recipe without it."""
 
     without: str
     with_: str
@@ -227,7 +236,8 @@ class Buffering:
 
 
 def buffering(runs: pd.DataFrame, without: str, with_: str, n_boot: int) -> Buffering:
-    """Claim 2 from an audit's runs table."""
+    """Claim 2 at one level, from an audit's runs table: recipe ``with_`` against
+    ``without``."""
     pairs = paired_differences(runs, without, with_)
     seeds = pairs["seed"].to_numpy()
     drawdown = paired_effect(pairs["d_drawdown"].to_numpy(), seeds, n_boot)
@@ -277,8 +287,9 @@ class Findings:
 
     config: FindingsConfig
     decoupling: dict[str, Decoupling] = field(default_factory=dict)
-    buffering: dict[str, Buffering] = field(default_factory=dict)
+    buffering: dict[str, Stochasticity] = field(default_factory=dict)
     warning: dict[str, EarlyWarning] = field(default_factory=dict)
+    sample_sizes: dict[str, SampleSize] = field(default_factory=dict)  # claims 1-2's seeds
     wall_s: float = math.nan
     resumed: bool = False  # runs saved by an earlier invocation were read back, not rerun
 

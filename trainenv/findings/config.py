@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
+from trainenv.findings.sampling import SampleSizeRule
 from trainenv.findings.verdicts import FALSE_ALARM_RATE
 from trainenv.warning.simulation import Ramp, Task, tasks_for
 
@@ -24,6 +25,7 @@ __all__ = [
     "FULL_EXPECTED_MINUTES",
     "FindingsConfig",
     "Paradigm",
+    "StochasticityKnob",
     "full_config",
     "load_config",
     "quick_config",
@@ -35,7 +37,38 @@ CONFIG_FILE = Path(__file__).with_name("paradigms.yaml")
 # and took 6). Each report states its own wall time.
 FULL_EXPECTED_MINUTES = 45
 
-Setting = int | float  # a trainer setting of claim 1's grid (ints stay ints: run ids hash them)
+Setting = int | float | list[int]  # a trainer setting of claim 1's grid (ints stay ints: run
+# ids hash them; a list is a layer-width tuple such as hidden)
+MIN_LEVELS = 3  # claim 2's dose-response: a knob at this many levels or more (plus off)
+
+
+class StochasticityKnob(BaseModel):
+    """Claim 2's stochasticity knob at several levels, each held on for the whole run.
+
+    Attributes:
+        name: A knob stabilizer of the paradigm's trainer (``grad_noise``, ``dropout``,
+            ``entropy_bonus`` ...).
+        levels: Its magnitudes, at least :data:`MIN_LEVELS`, increasing, each in the
+            intervention's range.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    levels: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _valid_levels(self) -> StochasticityKnob:
+        if len(self.levels) < MIN_LEVELS or list(self.levels) != sorted(set(self.levels)):
+            raise ValueError(
+                f"levels of {self.name!r} must be >= {MIN_LEVELS} distinct magnitudes in "
+                f"increasing order, got {list(self.levels)}"
+            )
+        self.stabilizers()  # each level a valid held-on knob (its name and range)
+        return self
+
+    def stabilizers(self) -> tuple[Stabilizer, ...]:
+        return tuple(Stabilizer(name=self.name, magnitude=level) for level in self.levels)
 
 
 class Paradigm(BaseModel):
@@ -47,12 +80,14 @@ class Paradigm(BaseModel):
         grid: Claim 1's recipes besides the base: label -> trainer kwargs. In the data file,
             ``{axes: {name: [values]}}`` (every combination) or ``{points: [{name: value}]}``,
             optionally ``under:`` a trainer keyword (``algo_kwargs``) the settings go under.
-        stochasticity: Claim 2's stochasticity knob, held on for the whole run.
+        stochasticity: Claim 2's stochasticity knobs, each at several levels held on for the
+            whole run; the first is the paradigm's own, which its verdict reads.
         interventions: The perturbations audited (claims 1 and 2).
         onset: Steps of unperturbed training before a perturbation.
         horizon: Steps compared after the onset; episodes last ``onset + horizon`` steps, so
             the unperturbed branch's last ``p`` is the run's final performance.
-        seeds: Seeds of claims 1 and 2.
+        sample_size: How many seeds claims 1 and 2 get: the rule
+            (:class:`~trainenv.findings.sampling.SampleSizeRule`) and its targets.
         ramps: Claim 3's gradual perturbations (on the registered recipe and episode length,
             which the env's reference band was calibrated on). In the data file,
             ``{steps, onset, ends: [[intervention, start, end]]}``.
@@ -68,11 +103,11 @@ class Paradigm(BaseModel):
     name: str
     env: str
     grid: dict[str, dict[str, Any]]
-    stochasticity: Stabilizer
+    stochasticity: tuple[StochasticityKnob, ...] = Field(min_length=1)
     interventions: tuple[InterventionGrid, ...] = Field(min_length=1)
     onset: int = Field(ge=0)
     horizon: int = Field(ge=1)
-    seeds: int = Field(ge=2)
+    sample_size: SampleSizeRule
     ramps: tuple[Ramp, ...] = Field(min_length=1)
     warning_seeds: int = Field(ge=2)
     warning_horizon: int = Field(ge=0)
@@ -100,27 +135,36 @@ class Paradigm(BaseModel):
     def base(self) -> Recipe:
         return self._recipe(f"{self.short} (registered)", {})
 
-    @property
-    def stochastic(self) -> Recipe:
-        label = f"{self.short} +{self.stochasticity.label()}"
-        return self._recipe(label, {}, (self.stochasticity,))
+    def dose_recipes(self, knob: StochasticityKnob) -> dict[float, Recipe]:
+        """Claim 2's recipes of one knob: level -> the registered recipe held at it."""
+        return {
+            s.magnitude: self._recipe(f"{self.short} +{s.label()}", {}, (s,))
+            for s in knob.stabilizers()
+        }
 
     def grid_recipes(self) -> list[Recipe]:
-        """Claim 1's recipes: the base, then the grid."""
+        """Claim 1's recipes: the base, the grid, then claim 2's dose recipes where claim 2
+        is tested (they are recipes too, and their runs are shared)."""
         grid = [self._recipe(f"{self.short} {label}", kw) for label, kw in self.grid.items()]
-        return [self.base, *grid]
+        return [self.base, *grid, *(self.dose_recipes_all() if 2 in self.claims else [])]
 
-    def plan(self, workers: int) -> AuditPlan:
-        """The audit behind claims 1 and 2 (one plan, so runs shared by both run once)."""
-        recipes = self.grid_recipes() if 1 in self.claims else [self.base]
-        if 2 in self.claims:
-            recipes.append(self.stochastic)
+    def dose_recipes_all(self) -> list[Recipe]:
+        """Every knob's dose recipes, knob by knob."""
+        return [r for knob in self.stochasticity for r in self.dose_recipes(knob).values()]
+
+    def plan(self, workers: int, seeds: int | None = None) -> AuditPlan:
+        """The audit behind claims 1 and 2 (one plan, so runs shared by both run once), on
+        ``seeds`` seeds (default: the sample-size rule's start)."""
+        if 1 in self.claims:
+            recipes = self.grid_recipes()
+        else:
+            recipes = [self.base, *(self.dose_recipes_all() if 2 in self.claims else [])]
         return AuditPlan(
             recipes=tuple(recipes),
             interventions=self.interventions,
             onsets=(self.onset,),
             horizon=self.horizon,
-            seeds=tuple(range(self.seeds)),
+            seeds=tuple(range(seeds or self.sample_size.start)),
             # populations where every recipe has a population form (Digits, CartPole and
             # their grids), else one run per task (TinyLM): the plan's own auto rule
             backend="auto",
@@ -187,7 +231,8 @@ def _grid_recipes(
     points: list[Mapping[str, Setting]] | None = None,
     under: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Claim 1's grid as label -> trainer kwargs, labelled ``"a=1 b=2"``."""
+    """Claim 1's grid as label -> trainer kwargs, labelled ``"a=1 b=2"`` (a list value
+    ``"hidden=32x32"``)."""
     if (axes is None) == (points is None):
         raise ValueError("grid: give either axes (every combination) or points")
     if axes is not None:
@@ -196,9 +241,13 @@ def _grid_recipes(
     assert points is not None
     grid = {}
     for point in points:
-        label = " ".join(f"{n}={v:g}" for n, v in point.items())
+        label = " ".join(f"{n}={_label(v)}" for n, v in point.items())
         grid[label] = {under: dict(point)} if under else dict(point)
     return grid
+
+
+def _label(value: Setting) -> str:
+    return "x".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
 
 
 def _ramps(steps: int, onset: int, ends: list[tuple[str, float, float]]) -> tuple[Ramp, ...]:

@@ -9,7 +9,8 @@ import numpy as np
 from trainenv.audit.formatting import format_interval as _ci
 from trainenv.audit.formatting import format_number as _num
 from trainenv.audit.formatting import pyplot, save_figure
-from trainenv.findings.claims import Buffering, Decoupling, EarlyWarning
+from trainenv.findings.claims import Decoupling, EarlyWarning
+from trainenv.findings.dose import Stochasticity
 
 __all__ = ["plot_buffering", "plot_decoupling", "plot_detectors", "plot_example"]
 
@@ -30,19 +31,26 @@ def plot_decoupling(results: dict[str, Decoupling], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_buffering(results: dict[str, Buffering], path: Path) -> None:
-    """Per paradigm: each pair's drawdown without against with the stochasticity knob."""
+def plot_buffering(results: dict[str, Stochasticity], path: Path) -> None:
+    """Per paradigm: each knob's mean paired drawdown difference (with minus without) at each
+    level, with its CI; the level's rank on the x axis (0: off)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.2), squeeze=False)
-    for ax, (name, b) in zip(axes.flat, results.items()):
-        for intervention, rows in b.pairs.groupby("intervention"):
-            ax.scatter(rows["drawdown_without"], rows["drawdown_with"], s=14, label=intervention)
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        d = b.drawdown
-        ax.set_title(f"{name}: mean difference {_num(d['mean'], '+.3f')} "
-                     f"{_ci(d['mean_lo'], d['mean_hi'], '+.3f')}", fontsize=9)  # fmt: skip
-        ax.set_xlabel(f"drawdown, {b.without}")
-        ax.set_ylabel(f"drawdown, {b.with_}")
+    for ax, (name, result) in zip(axes.flat, results.items()):
+        for offset, dose in enumerate(result.knobs):
+            x = np.arange(len(dose.levels) + 1) + 0.08 * offset
+            mean = np.array([0.0, *(e.drawdown["mean"] for e in dose.effects)])
+            lo = np.array([0.0, *(e.drawdown["mean_lo"] for e in dose.effects)])
+            hi = np.array([0.0, *(e.drawdown["mean_hi"] for e in dose.effects)])
+            err = np.nan_to_num(np.abs(np.vstack([mean - lo, hi - mean])))
+            levels = ", ".join(f"{v:g}" for v in dose.levels)
+            trend = f"{_num(dose.slope, '+.3f')} {_ci(dose.slope_lo, dose.slope_hi, '+.3f')}"
+            label = f"{dose.knob} ({levels}): trend {trend}"
+            ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=2, label=label)
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("level rank (0: off)")
+        ax.set_ylabel("drawdown, with minus without (p)")
+        ax.set_title(f"{name}: {result.verdict}", fontsize=9)
         ax.legend(fontsize=6)
     save_figure(fig, path)
 

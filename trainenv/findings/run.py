@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 from trainenv.audit.runner import run_audit
 from trainenv.audit.store import ResultStore
-from trainenv.findings.claims import Findings, buffering, decoupling, early_warning, recipe_outcomes
+from trainenv.findings.claims import Findings, decoupling, early_warning, recipe_outcomes
 from trainenv.findings.config import FindingsConfig, Paradigm, full_config, quick_config
+from trainenv.findings.dose import Stochasticity, dose_response
 from trainenv.findings.report import write_findings
+from trainenv.findings.sampling import grow_seeds
 from trainenv.warning.simulation import Trace, simulate_runs, traces_frame
 
 __all__ = ["run_findings"]
@@ -53,16 +56,44 @@ def run_findings(
 def _audit_claims(
     findings: Findings, paradigm: Paradigm, out: Path, workers: int, progress: bool | None
 ) -> None:
-    store = run_audit(paradigm.plan(workers), out / "audits" / paradigm.name, progress=progress)
+    """Claims 1 and 2 on one paradigm, on as many seeds as its sample-size rule asks for: each
+    round extends the audit's seeds (the store runs only the new ones) and recomputes both
+    claims from every seed so far."""
     n_boot = findings.config.n_boot
-    if 1 in paradigm.claims:
-        names = [r.name for r in paradigm.grid_recipes()]
-        outcomes = recipe_outcomes(store, names, paradigm.onset)
-        findings.decoupling[paradigm.name] = decoupling(outcomes, n_boot)
-    if 2 in paradigm.claims:
-        findings.buffering[paradigm.name] = buffering(
-            store.runs(), paradigm.base.name, paradigm.stochastic.name, n_boot
-        )
+
+    def measure(seeds: int) -> dict[str, float]:
+        store = run_audit(paradigm.plan(workers, seeds), out / "audits" / paradigm.name,
+                          progress=progress)  # fmt: skip
+        widths = {}
+        if 1 in paradigm.claims:
+            names = [r.name for r in paradigm.grid_recipes()]
+            outcomes = recipe_outcomes(store, names, paradigm.onset, seeds)
+            result = findings.decoupling[paradigm.name] = decoupling(outcomes, n_boot)
+            widths["rho"] = _width(result.lo, result.hi)
+        if 2 in paradigm.claims:
+            runs = store.runs()
+            runs = runs[runs["seed"] < seeds]
+            knobs = tuple(
+                dose_response(
+                    runs,
+                    paradigm.base.name,
+                    {level: r.name for level, r in paradigm.dose_recipes(knob).items()},
+                    knob.name,
+                    n_boot,
+                )
+                for knob in paradigm.stochasticity
+            )
+            findings.buffering[paradigm.name] = Stochasticity(knobs)
+            widths["trend"] = _width(knobs[0].slope_lo, knobs[0].slope_hi)
+        return widths
+
+    findings.sample_sizes[paradigm.name] = grow_seeds(paradigm.sample_size, measure)
+
+
+def _width(lo: float, hi: float) -> float:
+    """A CI's width; ``inf`` where it could not be computed (NaN bounds)."""
+    width = hi - lo
+    return math.inf if math.isnan(width) else width
 
 
 def _claim3_traces(

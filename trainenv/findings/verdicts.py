@@ -1,5 +1,6 @@
-"""The verdict rules of the three claims: each verdict follows from confidence intervals by a
-rule stated in words (:data:`RULES`, printed in the report), never set by hand."""
+"""The three claims (ours and the paper's words) and their verdict rules: each verdict
+follows from confidence intervals by a rule stated in words (:data:`RULES`, printed in the
+report), never set by hand."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import math
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "CLAIMS",
     "CONFIDENCE",
     "INCONCLUSIVE",
     "NOT_SUPPORTED",
     "OVERALL_RULE",
+    "PAPER",
     "RULES",
     "SUPPORTED",
     "overall",
     "verdict_buffering",
     "verdict_decoupling",
+    "verdict_dose",
     "verdict_warning",
 ]
 
@@ -26,6 +30,19 @@ NEGLIGIBLE = 0.02  # a mean drawdown difference within +-this (units of p) is im
 MIN_COLLAPSES = 5  # fewer collapses than this cannot test claim 3
 FALSE_ALARM_RATE = 0.02  # every detector's calibrated per-step false-alarm rate
 
+CLAIMS = {
+    1: "High final performance is frequently decoupled from training stability.",
+    2: "Controlled stochasticity buffers learning dynamics.",
+    3: "Deviations of the low-dimensional meta-state precede performance collapse.",
+}
+PAPER = {
+    1: "high final performance is frequently decoupled from training stability",
+    2: "controlled stochasticity consistently buffers learning dynamics across paradigms",
+    3: "deviations in low-dimensional latent meta-states systematically precede observable "
+    "performance collapse",
+}
+"""The paper's statement of each claim, verbatim from its abstract (``/work/shared/seed``)."""
+
 RULES = {
     1: (
         f"**supported** if the {CONFIDENCE:.0%} CI of Spearman's rho lies inside "
@@ -34,11 +51,16 @@ RULES = {
         "together, or trade off); **inconclusive** otherwise."
     ),
     2: (
-        f"**supported** if the {CONFIDENCE:.0%} CI of the mean paired drawdown difference "
-        f"(with minus without stochasticity, units of p) lies below 0 and not inside "
-        f"[-{NEGLIGIBLE}, {NEGLIGIBLE}]; **not supported** if it lies above 0 or inside "
-        f"[-{NEGLIGIBLE}, {NEGLIGIBLE}] (no material effect); **inconclusive** otherwise. The "
-        "collapse-rate difference is reported alongside."
+        "each level of a stochasticity knob is compared with the recipe without it, paired by "
+        "seed and perturbation; per level, the effect is the mean paired drawdown difference "
+        f"(with minus without, units of p), *buffering* where its {CONFIDENCE:.0%} CI lies "
+        f"below 0 and not inside [-{NEGLIGIBLE}, {NEGLIGIBLE}]. The trend is the slope of "
+        "that effect against the level's rank (off = 0), with a bootstrap CI over seeds. "
+        f"**supported** if the trend's CI lies below 0 and at least one level buffers; "
+        f"**not supported** if no level buffers and the trend's CI lies above 0 (the wrong "
+        f"direction) or inside [-{NEGLIGIBLE}, {NEGLIGIBLE}] (no material trend); "
+        "**inconclusive** otherwise. A paradigm's verdict is its first knob's; the collapse-"
+        "rate differences are reported alongside."
     ),
     3: (
         f"for the leak-free meta-state deviation detector at a {FALSE_ALARM_RATE:.0%} "
@@ -75,6 +97,19 @@ def verdict_buffering(lo: float, hi: float) -> str:
     if hi < 0 and not immaterial:
         return SUPPORTED
     if lo > 0 or immaterial:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_dose(lo: float, hi: float, levels: Sequence[str]) -> str:
+    """Claim 2 from the CI ``[lo, hi]`` of the dose-response trend (p per level step) and
+    each level's :func:`verdict_buffering` (see :data:`RULES`)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return INCONCLUSIVE
+    buffers = SUPPORTED in levels
+    if hi < 0 and buffers:
+        return SUPPORTED
+    if not buffers and (lo > 0 or (lo >= -NEGLIGIBLE and hi <= NEGLIGIBLE)):
         return NOT_SUPPORTED
     return INCONCLUSIVE
 
