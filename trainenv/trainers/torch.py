@@ -189,10 +189,18 @@ def clone_tree(tree: Any) -> Any:
 
 def clip_and_measure(params: Sequence[torch.Tensor], max_norm: float) -> float:
     """Clip the global gradient norm to ``max_norm`` (none at inf); return the norm before."""
+    return float(clip_grad_norm(params, max_norm))
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """:func:`clip_and_measure` returning the norm as a 0-d tensor on the gradients' device,
+    unconverted (no device sync: callers gather several scalars and convert them once)."""
     if math.isinf(max_norm):  # clip_grad_norm_ would still multiply every gradient by 1
         grads = [p.grad for p in params if p.grad is not None]
-        return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+        if not grads:
+            return params[0].new_zeros(()) if params else torch.zeros(())
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
 def apply_parameter_event(
