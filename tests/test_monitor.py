@@ -215,6 +215,94 @@ def test_the_event_table_has_the_declared_schema(tmp_path: Any) -> None:
         EventLog(tmp_path, "a/b")
 
 
+# -- the adapters' weight norms and the callback's telemetry --------------------------------------
+def flat64(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The straightforward reference: every weight in one float64 vector."""
+    return torch.nn.utils.parameters_to_vector(params).detach().double()
+
+
+def test_weight_change_equals_the_norms_of_a_float64_copy() -> None:
+    from trainenv.monitor.weights import WeightChange
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 33),
+                                torch.nn.LayerNorm(33), torch.nn.Linear(33, 7))  # fmt: skip
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    weights, before = WeightChange(params), flat64(params)
+    for _ in range(3):
+        model(torch.randint(50, (8,))).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        change, norm = weights.measure()
+        after = flat64(params)
+        assert float(change) == pytest.approx(float((after - before).norm()), rel=1e-6)
+        assert float(norm) == pytest.approx(float(after.norm()), rel=1e-6)
+        assert float(change) > 0
+        before = after
+    with torch.no_grad():
+        params[0].mul_(2)  # moved outside an update (a rollback, say): reset takes it as the base
+    weights.reset()
+    assert float(weights.measure()[0]) == 0.0
+
+
+def test_weight_change_names_parameters_it_cannot_view() -> None:
+    from trainenv.monitor.weights import WeightChange
+
+    with pytest.raises(ValueError, match="params: no trained"):
+        WeightChange([])
+    with pytest.raises(ValueError, match="params: a non-contiguous"):
+        WeightChange([torch.nn.Parameter(torch.zeros(3, 4).t())])
+
+
+def test_the_transformers_callback_row_equals_a_reference_computation() -> None:
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from trainenv.monitor import MonitorCallback
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=256, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config)
+    model.train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    callback = MonitorCallback(StabilityMonitor(MonitorCallback.CHANNELS), keep_rows=True)
+    args = SimpleNamespace(max_grad_norm=0.5)  # clipped by the callback, after reading the norm
+    callback.on_train_begin(args, None, None, model=model, optimizer=optimizer)
+    assert args.max_grad_norm == 0.0
+    for _ in range(3):
+        before = flat64(params)
+        batch = torch.randint(256, (4, 16))
+        output = model(input_ids=batch, labels=batch)
+        output.loss.backward()
+        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        callback.on_pre_optimizer_step(args, None, None)
+        optimizer.step()
+        callback.on_optimizer_step(args, None, None)
+        optimizer.zero_grad()
+        callback.on_step_end(args, None, None)
+        after, row = flat64(params), callback.rows[-1]  # type: ignore[index]
+        # 4 x 16 = 64 positions: the entropy is sampled on all of them (ENTROPY_POSITIONS).
+        log_probs = torch.log_softmax(output.logits.detach().flatten(0, 1).double(), -1)
+        assert row["train_loss"] == pytest.approx(float(output.loss.detach()), rel=1e-6)
+        assert row["grad_norm"] == pytest.approx(grad_norm, rel=1e-6)
+        assert row["max_logit"] == pytest.approx(
+            float(output.logits.detach().abs().max()), rel=1e-6
+        )
+        assert row["token_entropy"] == pytest.approx(
+            float(-(log_probs.exp() * log_probs).sum(-1).mean()), rel=1e-5
+        )
+        assert row["lr"] == 1e-2
+        assert row["weight_norm"] == pytest.approx(float(after.norm()), rel=1e-6)
+        assert row["update_ratio"] == pytest.approx(
+            float((after - before).norm() / after.norm()), rel=1e-6
+        )
+    callback.on_train_end(args, None, None)
+    assert args.max_grad_norm == 0.5
+
+
 # -- transformers Trainer: a tiny GPT-2 with a planted learning-rate blow-up ----------------------
 LM_ONSET, LM_UPDATES, LM_EVAL = 100, 160, 5  # blow-up from update 101; eval every 5 updates
 LM_RULE = CollapseRule()  # on p = 1 - eval_loss / ln(256): negative validation loss, normalised

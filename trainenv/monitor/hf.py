@@ -15,7 +15,10 @@ Telemetry per optimizer update (the channels of trainenv's LM trainer, less ``va
 
 Loss and logits come from a forward hook on the model (training mode only), so they need a
 model whose output has ``loss`` and ``logits`` (every transformers causal LM). The norms come
-from the ``on_pre_optimizer_step`` / ``on_optimizer_step`` hooks. The ``Trainer`` clips before
+from the ``on_pre_optimizer_step`` / ``on_optimizer_step`` hooks (the weight norms with
+:class:`~trainenv.monitor.weights.WeightChange`: one flat copy of the weights, a few tensor
+operations per update). Every scalar stays a tensor until ``on_optimizer_step``, which converts
+them together: one device sync per update. The ``Trainer`` clips before
 any callback sees the gradient, so the callback takes its clipping over for the run: it sets
 ``args.max_grad_norm`` to 0 at ``on_train_begin`` and clips to the same norm itself (restored
 at ``on_train_end``) — the same computation, done where the norm before clipping can be read.
@@ -44,7 +47,8 @@ from transformers import TrainerCallback
 from trainenv.monitor.actions import Policy
 from trainenv.monitor.adapter import Watch
 from trainenv.monitor.monitor import StabilityMonitor
-from trainenv.trainers.torch import clip_and_measure, clone_tree
+from trainenv.monitor.weights import WeightChange
+from trainenv.trainers.torch import clip_grad_norm, clone_tree
 
 CHANNELS = ("train_loss", "grad_norm", "update_ratio", "weight_norm", "max_logit",
             "token_entropy", "lr")  # fmt: skip
@@ -111,12 +115,15 @@ class MonitorCallback(TrainerCallback):
         self._pending: dict[str, float] = {}
         self._recipe_clip = math.inf
         self._losses: list[torch.Tensor] = []
-        self._logits = (0.0, 0.0)
+        # The last training forward's (min logit, max logit, token entropy), 0-d tensors.
+        self._logits: tuple[torch.Tensor, ...] | None = None
+        self._scalars: list[torch.Tensor] = []  # this update's, converted in on_optimizer_step
         self._params: list[torch.Tensor] = []  # the trainable parameters
-        self._weights: list[torch.Tensor] = []  # the weights after the previous update
+        self._weights: WeightChange | None = None  # their norm and the update's
         self._saved_lrs: list[float] = []
         self._hook: Any = None
         self._row: dict[str, float] = {}
+        self._lr = math.nan
 
     def attach(self, trainer: Any) -> MonitorCallback:
         """Add to ``trainer`` and log alarms and actions through ``trainer.log``."""
@@ -132,37 +139,38 @@ class MonitorCallback(TrainerCallback):
         args.max_grad_norm = 0.0  # the callback clips (same norm), after reading the norm
         self._hook = model.register_forward_hook(self._forward)
         self._params = [p for p in model.parameters() if p.requires_grad]
-        self._weights = [p.detach().clone() for p in self._params]
+        self._weights = WeightChange(self._params)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         run = self._run
         clip = min(self._recipe_clip, run.knobs["grad_clip"])
-        grad_norm = clip_and_measure(self._params, clip)
+        grad_norm = clip_grad_norm(self._params, clip)
         groups = run.optimizer.param_groups  # type: ignore[union-attr]
         self._saved_lrs = [group["lr"] for group in groups]
         for group in groups:
             group["lr"] = group["lr"] * run.knobs["lr_backoff"]
+        self._lr = float(groups[0]["lr"])
         losses, self._losses = self._losses, []
-        loss = (
-            float(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
-            if losses
-            else math.nan
-        )
-        self._row = {"train_loss": loss, "grad_norm": grad_norm,
-                     "max_logit": self._logits[0], "token_entropy": self._logits[1],
-                     "lr": float(groups[0]["lr"])}  # fmt: skip
+        if not losses:
+            loss = grad_norm.new_full((), math.nan)
+        else:
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        logits = self._logits or (grad_norm.new_zeros(()),) * 3
+        self._scalars = [loss, grad_norm, *logits]
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for group, lr in zip(self._run.optimizer.param_groups, self._saved_lrs):  # type: ignore[union-attr]
             group["lr"] = lr  # the scheduler's value: the back-off lasts one step at a time
-        # Foreach kernels over the parameter list: no flat copy of the weights per update.
-        with torch.no_grad():
-            torch._foreach_sub_(self._weights, self._params)  # in place: -(the update)
-            change = _global_norm(self._weights)
-            torch._foreach_copy_(self._weights, self._params)
-            weight_norm = _global_norm(self._params)
-        self._row["weight_norm"] = weight_norm
-        self._row["update_ratio"] = change / max(weight_norm, 1e-12)
+        assert self._weights is not None
+        change, weight_norm = self._weights.measure()
+        # The update's one conversion to Python floats (one device sync on an accelerator).
+        loss, grad_norm, low, high, entropy, change, weight_norm = torch.stack(
+            [*self._scalars, change, weight_norm]
+        ).tolist()
+        self._row = {"train_loss": loss, "grad_norm": grad_norm,
+                     "max_logit": max(abs(low), abs(high)), "token_entropy": entropy,
+                     "lr": self._lr, "weight_norm": weight_norm,
+                     "update_ratio": change / max(weight_norm, 1e-12)}  # fmt: skip
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         row = self._row
@@ -170,8 +178,8 @@ class MonitorCallback(TrainerCallback):
             self.rows.append(dict(row))
         _, actions, logs = self.watch.after_update(row, self._run)
         if any(action.name == "rollback" for action in actions):
-            with torch.no_grad():
-                torch._foreach_copy_(self._weights, self._params)
+            assert self._weights is not None
+            self._weights.reset()
         if logs and self._trainer is not None:
             self._trainer.log(logs)
         elif logs:
@@ -202,15 +210,10 @@ class MonitorCallback(TrainerCallback):
                 "MonitorCallback needs a model whose output has loss and logits (pass labels)"
             )
         self._losses.append(loss.detach())
-        with torch.no_grad():
-            flat = logits.detach().flatten(0, -2)
-            max_logit = max(abs(float(v)) for v in torch.aminmax(flat))
-            sample = flat[:: max(1, len(flat) // ENTROPY_POSITIONS)].float()
-            log_probs = torch.log_softmax(sample, dim=-1)
-            entropy = -float((log_probs.exp() * log_probs).sum()) / len(sample)
-        self._logits = (max_logit, entropy)
-
-
-def _global_norm(tensors: list[Any]) -> float:
-    """The L2 norm of the tensors taken together."""
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))))
+        # Detached: nothing below is recorded for autograd. Tensors, not floats: converted
+        # with the update's other scalars in on_optimizer_step.
+        flat = logits.detach().flatten(0, -2)
+        sample = flat[:: max(1, len(flat) // ENTROPY_POSITIONS)].float()
+        log_probs = torch.log_softmax(sample, dim=-1)
+        entropy = (log_probs.exp() * log_probs).sum() / -len(sample)
+        self._logits = (*torch.aminmax(flat), entropy)

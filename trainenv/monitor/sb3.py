@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from torch.nn.utils import parameters_to_vector
 
 from trainenv.monitor.actions import Policy
 from trainenv.monitor.adapter import Watch
 from trainenv.monitor.monitor import StabilityMonitor
+from trainenv.monitor.weights import WeightChange
 from trainenv.trainers.sb3_learner import GradMonitor, ScaledSchedule, optimizers, trained_weights
 from trainenv.trainers.sb3_settings import COMMON_CHANNELS, loss_channels_of
 from trainenv.trainers.torch import clone_tree
@@ -125,7 +124,7 @@ class SB3MonitorCallback(BaseCallback):
         grads.install(optimizers(model))
         self._channels = channels
         self._n_updates = model._n_updates
-        self._weights = self._vector()
+        self._weights = WeightChange(trained_weights(model))
 
     def _on_step(self) -> bool:
         return True
@@ -149,7 +148,7 @@ class SB3MonitorCallback(BaseCallback):
         assert self.watch is not None
         _, actions, logs = self.watch.after_update(row, self._run)
         if any(action.name == "rollback" for action in actions):
-            self._weights = self._vector()
+            self._weights.reset()
         for key, value in logs.items():
             self.logger.record(key, value)
 
@@ -159,15 +158,11 @@ class SB3MonitorCallback(BaseCallback):
         grads = self._run.grads
         row["grad_norm"] = float(np.mean(grads.norms)) if grads.norms else 0.0
         grads.norms.clear()
-        before, self._weights = self._weights, self._vector()
-        row["weight_norm"] = float(self._weights.norm())
-        change = float((self._weights - before).norm())
-        row["update_ratio"] = change / max(row["weight_norm"], 1e-12)
+        change, weight_norm = self._weights.measure()
+        row["weight_norm"] = float(weight_norm)
+        row["update_ratio"] = float(change) / max(row["weight_norm"], 1e-12)
         episodes = list(model.ep_info_buffer or ())[-RETURN_EPISODES:]
         row["episode_return"] = float(np.mean([e["r"] for e in episodes])) if episodes else 0.0
         last = self._run.schedule.last
         row["lr"] = float(last) if last is not None else math.nan
         return row
-
-    def _vector(self) -> torch.Tensor:
-        return parameters_to_vector(trained_weights(self.model)).detach()
