@@ -174,6 +174,30 @@ def evaluate(
     return Evaluation(frame, write_controller_report(store.root, n_boot, confidence)[1])
 
 
+def load_evaluation(
+    directory: str | Path, env: AdversaryWrapper, episodes: Sequence[Episode]
+) -> Evaluation:
+    """A finished :func:`evaluate` results store, checked to be on ``env``'s distribution and
+    on exactly ``episodes`` (so that its no-op, rules and unperturbed rows can stand beside a
+    new evaluation of a learned controller on the same episodes)."""
+    store = ResultStore(directory)
+    if not store.finished():
+        raise ValueError(f"directory: {store.root} holds no finished evaluation")
+    runs = store.runs()
+    expected = {(e.run_seed, e.schedule_seed) for e in episodes}
+    for name, group in runs.groupby("controller", sort=False):
+        if set(zip(group["seed"], group["schedule_seed"])) != expected:
+            raise ValueError(
+                f"directory: controller {name!r} was evaluated on other episodes than the "
+                f"{len(expected)} asked for"
+            )
+    # The unperturbed rows carry the calm (no-shock) distribution: compare the others.
+    shocked = runs[runs["controller"] != UNPERTURBED]
+    if set(shocked["distribution"]) != {env.distribution.model_dump_json()}:
+        raise ValueError("directory: evaluated under another adversary's distribution")
+    return Evaluation(runs, summarize_controllers(runs))
+
+
 def run_episode(
     env: AdversaryWrapper, name: str, controller: Controller, episode: Episode
 ) -> RunRecord:

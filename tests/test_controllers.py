@@ -29,6 +29,7 @@ from agents.evaluate import (
     evaluate,
     format_spread,
     heldout_episodes,
+    load_evaluation,
     spread_table,
 )
 from agents.evaluate import main as evaluate_main
@@ -290,6 +291,9 @@ def test_spread_table_gives_the_median_and_range_over_trainings() -> None:
         spread_table([])
 
 
+SHOCKS_LATE = MIXED.model_copy(update={"onsets": (2, 4), "min_gap": 1})
+
+
 def test_the_spread_over_two_tiny_trainings(tmp_path) -> None:
     torch.set_num_threads(1)
     small = {"k": 2, "max_steps": 6, "observation": "telemetry"}
@@ -297,7 +301,18 @@ def test_the_spread_over_two_tiny_trainings(tmp_path) -> None:
     config = ControllerConfig(env_id=ENV, env_kwargs=small, distribution=shocks)
     env = config.make_env(HELDOUT_SPLIT)
     episodes = heldout_episodes(2)
-    summaries = [evaluate(env, {}, episodes, n_boot=50).summary.table]
+    baselines = evaluate(env, {}, episodes, n_boot=50, out=tmp_path / "baselines")
+    # The baselines reload for another setting's trainings on the same episodes only.
+    reloaded = load_evaluation(tmp_path / "baselines", env, episodes).summary.table
+    assert reloaded[["controller", "collapsed", "final_p"]].equals(
+        baselines.summary.table[["controller", "collapsed", "final_p"]]
+    )
+    with pytest.raises(ValueError, match="other episodes"):
+        load_evaluation(tmp_path / "baselines", env, heldout_episodes(3))
+    other = config.model_copy(update={"distribution": SHOCKS_LATE}).make_env(HELDOUT_SPLIT)
+    with pytest.raises(ValueError, match="distribution"):
+        load_evaluation(tmp_path / "baselines", other, episodes)
+    summaries = [baselines.summary.table]
     for seed in (0, 1):
         train_controller(config, 64, tmp_path / str(seed), n_envs=2, seed=seed,
                          ppo_kwargs={"n_steps": 16, "batch_size": 16})  # fmt: skip
