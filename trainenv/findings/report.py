@@ -197,6 +197,11 @@ def _caveats() -> list[str]:
         "- The verdicts hold for these recipes, perturbations and seeds only; the quick "
         "version's few seeds give wide intervals, which the rules turn into *inconclusive* "
         "rather than a guess.",
+        "- Claim 1's CI resamples recipes as well as seeds (the claim is about recipes in "
+        "general): with n recipes and rho near 0 its width is about 4 / sqrt(n - 3) however "
+        "many seeds there are, so a 0.5-wide CI near 0 takes some 60 recipes; more seeds only "
+        "steady each recipe's means. The sample-size rule adds seeds, so it stops at its cap "
+        "where the recipes, not the seeds, limit the width.",
         "- Claim 3's verdict reads the leak-free meta-state, which leaves out the performance "
         "and knob channels; its dynamics channels still respond to some perturbations at "
         "once (the update ratio grows with a learning-rate ramp: the weights do move faster), "
