@@ -319,6 +319,17 @@ def test_digits_dropout_gradient_is_autograds() -> None:
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_digits_validation_predictions_are_argmax() -> None:
+    """Validation predicts with ``max(1).indices`` over classes-first logits: argmax's choice
+    (the first maximum; NaN counts as the maximum), ties, NaN and infinities included."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (4, 10, 50), generator=generator).float()  # many ties
+    logits[torch.rand(logits.shape, generator=generator) < 0.05] = float("nan")
+    logits[torch.rand(logits.shape, generator=generator) < 0.05] = float("inf")
+    logits[torch.rand(logits.shape, generator=generator) < 0.05] = -float("inf")
+    assert torch.equal(logits.max(1).indices, logits.transpose(1, 2).contiguous().argmax(-1))
+
+
 def test_stacked_adam_is_one_torch_adam_per_member() -> None:
     """Each row steps as ``torch.optim.Adam`` with that member's learning rate and step count;
     a step of some members leaves the others untouched."""

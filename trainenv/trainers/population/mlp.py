@@ -31,6 +31,8 @@ from trainenv.trainers.supervised import SupervisedTrainer, dropout_masks
 
 _VALIDATION_CHUNK = 8
 """Members validated together: ~1 MB of activations, one core's L2 cache here."""
+_MINUS_ONE = torch.tensor(-1.0)
+"""Added at each example's label in the softmax's gradient (``p - 1``, as a subtraction rounds)."""
 _OPTIONAL_KNOBS = ("input_noise", "input_shift", "label_noise", "grad_noise", "dropout")
 """Knobs that add work to an update while above 0 (and none at their default, 0)."""
 
@@ -243,7 +245,7 @@ class DigitsMLPPopulation(PopulationTrainer):
         log_probs = torch.log_softmax(logits, 1)
         losses = -log_probs.gather(1, target).mean((1, 2))
         delta = log_probs.exp_()  # d(loss)/d(logits): softmax - one-hot, over the batch size
-        delta.scatter_(1, target, delta.gather(1, target) - 1).div_(y.shape[1])
+        delta.scatter_add_(1, target, _MINUS_ONE.expand(target.shape)).div_(y.shape[1])
         grads = [delta] * len(weights)  # placeholders, all replaced below
         grads[-2], grads[-1] = matmul(delta, activations[-1]), delta.sum(2, keepdim=True)
         back = matmul(delta.transpose(1, 2), weights[-2])  # d(loss)/d(last hidden activation)
@@ -334,6 +336,7 @@ class DigitsMLPPopulation(PopulationTrainer):
                 y = self._data.y_val.expand(len(chunk), -1)
                 losses = nn.functional.cross_entropy(logits, y, reduction="none")
                 self._val_loss[chunk] = losses.mean(1).numpy()
-                # argmax over a contiguous last dim (over dim 1 it runs ~4x slower, measured)
-                predicted = logits.transpose(1, 2).contiguous().argmax(-1)
+                # max's indices: argmax's (the first maximum; NaN counts as the maximum), ~10x
+                # faster over dim 1 and 2x faster than argmax over a contiguous copy (measured)
+                predicted = logits.max(1).indices
                 self._val_accuracy[chunk] = (predicted == y).float().mean(1).numpy()
