@@ -18,10 +18,10 @@ model whose output has ``loss`` and ``logits`` (every transformers causal LM). T
 from the ``on_pre_optimizer_step`` / ``on_optimizer_step`` hooks (the weight norms with
 :class:`~trainenv.monitor.weights.WeightChange`: one flat copy of the weights, a few tensor
 operations per update). Every scalar stays a tensor until ``on_optimizer_step``, which converts
-them together: one device sync per update. The ``Trainer`` clips before
-any callback sees the gradient, so the callback takes its clipping over for the run: it sets
-``args.max_grad_norm`` to 0 at ``on_train_begin`` and clips to the same norm itself (restored
-at ``on_train_end``) — the same computation, done where the norm before clipping can be read.
+them together: one device sync per update. The ``Trainer`` clips before any callback sees the
+gradient, so the callback takes its clipping over for the run: it sets ``args.max_grad_norm``
+to 0 at ``on_train_begin`` and clips to the same norm itself (restored at ``on_train_end``) —
+the same computation, done where the norm before clipping can be read.
 One process, no DeepSpeed/FSDP: a sharded gradient's norm is not the local one.
 
 Alarms and actions go to ``trainer.log`` (so TensorBoard, W&B... show them) when the callback
