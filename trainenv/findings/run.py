@@ -99,7 +99,9 @@ def _width(lo: float, hi: float) -> float:
 def _claim3_traces(
     config: FindingsConfig, workers: int, progress: bool | None, store: ResultStore
 ) -> list[Trace]:
-    """Claim 3's runs of every paradigm (:func:`~trainenv.warning.simulation.simulate_runs`)."""
+    """Claim 3's runs of every paradigm (:func:`~trainenv.warning.simulation.simulate_runs`,
+    backend ``auto``: Digits and CartPole as population members, their calibration runs too;
+    TinyLM one run per task)."""
     # The config lists paradigms cheapest first: submitting the costliest runs first keeps
     # the workers busy to the end.
     tasks = [t for p in reversed(config.paradigms) if 3 in p.claims for t in p.warning_tasks()]
