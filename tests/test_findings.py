@@ -251,7 +251,8 @@ def test_trend_needs_two_levels_and_matching_shapes() -> None:
      (-0.05, 0.01, [SUPPORTED], INCONCLUSIVE), (math.nan, 0.1, [SUPPORTED], INCONCLUSIVE)],
 )  # fmt: skip
 def test_dose_response_rule(lo: float, hi: float, levels: list[str], verdict: str) -> None:
-    assert verdict_dose(lo, hi, levels) == verdict
+    assert verdict_dose(lo, hi, levels, seeds=8) == verdict
+    assert verdict_dose(lo, hi, levels, seeds=4) == INCONCLUSIVE  # too few seeds to tell
 
 
 # -- the sample-size rule -----------------------------------------------------------------------
@@ -283,6 +284,8 @@ def test_the_sample_size_rule_stops_at_its_cap() -> None:
     assert "cap reached" in course.describe()
     fixed = SampleSizeRule(start=4, cap=4, rho_ci_width=0.5)
     assert grow_seeds(fixed, measure).seeds == 4 and "fixed" in fixed.describe()
+    untargeted = grow_seeds(SampleSizeRule(start=2, cap=2), lambda n: {"rho": 2.0})
+    assert "no target: a fixed sample size" in untargeted.describe()
 
 
 def test_early_warning_verdict_of_a_detector_that_warns_every_collapse() -> None:

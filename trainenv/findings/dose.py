@@ -130,5 +130,5 @@ def dose_response(
     differences = np.concatenate([e.pairs["d_drawdown"].to_numpy(float) for e in effects])
     seeds = np.concatenate([e.pairs["seed"].to_numpy() for e in effects])
     slope, lo, hi = trend(differences, seeds, ranks, n_boot)
-    verdict = verdict_dose(lo, hi, [e.verdict for e in effects])
+    verdict = verdict_dose(lo, hi, [e.verdict for e in effects], len(np.unique(seeds)))
     return DoseResponse(knob, levels, effects, slope, lo, hi, verdict)

@@ -86,9 +86,12 @@ class SampleSize:
             f"{n} seeds: " + (", ".join(f"{k} CI width {w:.3f}" for k, w in widths.items()) or "-")
             for n, widths in self.rounds
         )
-        ending = "every target met" if self.met else (
-            "cap reached with a target unmet" if self.seeds >= self.rule.cap else "stopped"
-        )  # fmt: skip
+        if not self.rule.targets():
+            ending = "no target: a fixed sample size"
+        elif self.met:
+            ending = "every target met"
+        else:
+            ending = "cap reached with a target unmet"
         return f"{steps} ({ending})."
 
 

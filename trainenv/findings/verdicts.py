@@ -28,6 +28,7 @@ CONFIDENCE = 0.95
 STRONG = 0.5  # |Spearman rho| from here on is a strong association
 NEGLIGIBLE = 0.02  # a mean drawdown difference within +-this (units of p) is immaterial
 MIN_COLLAPSES = 5  # fewer collapses than this cannot test claim 3
+MIN_SEEDS = 5  # a bootstrap over fewer seeds has too few distinct resamples to test claim 2
 FALSE_ALARM_RATE = 0.02  # every detector's calibrated per-step false-alarm rate
 
 CLAIMS = {
@@ -59,8 +60,9 @@ RULES = {
         f"**supported** if the trend's CI lies below 0 and at least one level buffers; "
         f"**not supported** if no level buffers and the trend's CI lies above 0 (the wrong "
         f"direction) or inside [-{NEGLIGIBLE}, {NEGLIGIBLE}] (no material trend); "
-        "**inconclusive** otherwise. A paradigm's verdict is its first knob's; the collapse-"
-        "rate differences are reported alongside."
+        f"**inconclusive** otherwise, and whenever fewer than {MIN_SEEDS} seeds were paired. "
+        "A paradigm's verdict is its first knob's; the collapse-rate differences are reported "
+        "alongside."
     ),
     3: (
         f"for the leak-free meta-state deviation detector at a {FALSE_ALARM_RATE:.0%} "
@@ -101,10 +103,10 @@ def verdict_buffering(lo: float, hi: float) -> str:
     return INCONCLUSIVE
 
 
-def verdict_dose(lo: float, hi: float, levels: Sequence[str]) -> str:
-    """Claim 2 from the CI ``[lo, hi]`` of the dose-response trend (p per level step) and
-    each level's :func:`verdict_buffering` (see :data:`RULES`)."""
-    if math.isnan(lo) or math.isnan(hi):
+def verdict_dose(lo: float, hi: float, levels: Sequence[str], seeds: int) -> str:
+    """Claim 2 from the CI ``[lo, hi]`` of the dose-response trend (p per level step), each
+    level's :func:`verdict_buffering` and the number of paired seeds (see :data:`RULES`)."""
+    if math.isnan(lo) or math.isnan(hi) or seeds < MIN_SEEDS:
         return INCONCLUSIVE
     buffers = SUPPORTED in levels
     if hi < 0 and buffers:
