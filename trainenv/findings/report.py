@@ -202,6 +202,10 @@ def _caveats() -> list[str]:
         "many seeds there are, so a 0.5-wide CI near 0 takes some 60 recipes; more seeds only "
         "steady each recipe's means. The sample-size rule adds seeds, so it stops at its cap "
         "where the recipes, not the seeds, limit the width.",
+        "- Claim 2's drawdown is measured against the run's own unperturbed fork: a knob that "
+        "lowers that fork's performance leaves less to lose, so its drawdowns shrink even if "
+        "it does not protect the run; read the drawdown effect beside the collapse-rate "
+        "difference (a knob can lower one and raise the other).",
         "- Claim 3's verdict reads the leak-free meta-state, which leaves out the performance "
         "and knob channels; its dynamics channels still respond to some perturbations at "
         "once (the update ratio grows with a learning-rate ramp: the weights do move faster), "
