@@ -15,7 +15,8 @@ import trainenv.findings.claims as F
 from tests.helpers import markdown_tables
 from tests.test_early_warning import synthetic_traces
 from trainenv import cli
-from trainenv.audit.runner import plan_groups
+from trainenv.audit.plan import AuditPlan, InterventionGrid, Recipe, Stabilizer
+from trainenv.audit.runner import plan_groups, run_audit
 from trainenv.audit.store import ResultStore, RunRecord
 from trainenv.findings.config import (
     CONFIG_FILE,
@@ -399,10 +400,10 @@ def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
 RUN_IDS = {  # sha256 of the sorted run ids of each paradigm: runs saved by earlier versions
     # (claims 1-2's ids changed with the dose-response design and the sample-size rule's starts)
     ("quick", "supervised"): (358, "68e177136b1f863a"),
-    ("quick", "RL"): (40, "84d329f9a041b331"),
+    ("quick", "RL"): (52, "37770b2d09269a79"),
     ("quick", "LM"): (37, "4b4dbb3bc136bb48"),
     ("full", "supervised"): (12732, "ab6bb17606bcfaa6"),
-    ("full", "RL"): (2284, "2da17d3d9f0ce7cf"),
+    ("full", "RL"): (2524, "34b5b3173804f5c5"),
     ("full", "LM"): (296, "e421ffd0e7f88d3c"),
 }
 
@@ -447,7 +448,8 @@ def test_a_bad_settings_file_names_the_field(tmp_path) -> None:
      ("levels: [0.1, 0.3, 1.0]", "levels: [0.1, 1.0]", "levels of 'grad_noise' must be >= 3"),
      ("levels: [0.1, 0.3, 1.0]", "levels: [0.3, 0.1, 1.0]", "increasing order"),
      ("levels: [0.1, 0.3, 1.0]", "levels: [0.1, 0.3, 5.0]", "grad_noise"),
-     ("{name: grad_noise, levels", "{name: lr_shock, levels", "cannot be held on")],
+     ("{name: grad_noise, levels", "{name: lr_shock, levels", "stochasticity knob must be one of"),
+     ("{name: grad_noise, levels", "{name: rollback, levels", "stochasticity knob must be one of")],
 )  # fmt: skip
 def test_bad_claim_2_and_sample_size_settings_name_the_field(
     tmp_path, old: str, new: str, message: str
@@ -485,6 +487,7 @@ def test_the_full_config_tests_claim_1_on_24_recipes_or_more_and_4x_the_seeds() 
             len(k.levels) for k in paradigm.stochasticity
         )
     assert [k.name for k in config["supervised"].stochasticity] == ["grad_noise", "dropout"]
+    assert [k.name for k in config["RL"].stochasticity] == ["entropy_bonus", "input_noise"]
     quick = quick_config()
     assert all({1, 2, 3} <= set(p.claims) for p in quick.paradigms)  # every claim everywhere
 
@@ -531,3 +534,23 @@ def test_quick_findings_writes_its_report_and_resumes(tmp_path) -> None:
     assert cli.main(["findings", "--quick", "--out", str(tmp_path)]) == 0
     assert {f: f.stat().st_mtime_ns for f in saved} == saved
     assert reported_verdicts((tmp_path / "report.md").read_text()) == reported
+
+
+@pytest.mark.parametrize("backend", ["population", "serial"])
+def test_a_held_noise_knob_is_perturbed_for_the_whole_window(tmp_path, backend: str) -> None:
+    """Observation noise held on (claim 2's input_noise knob) and perturbed: the perturbation
+    holds its magnitude for its whole window, as on a recipe without the knob, then the held
+    level returns; the unperturbed branch keeps the held level throughout."""
+    held = Stabilizer(name="input_noise", magnitude=0.1)
+    recipe = Recipe(env="trainenv/Digits-MLP-v0", env_kwargs={"max_steps": 9},
+                    stabilizers=(held,))  # fmt: skip
+    noise = InterventionGrid(name="input_noise", magnitudes=(3.0,))
+    plan = AuditPlan(recipes=(recipe,), interventions=(noise,), onsets=(2,), horizon=7,
+                     seeds=(0,), backend=backend)  # fmt: skip
+    store = run_audit(plan, tmp_path, progress=False)
+    runs = store.runs().set_index("kind")
+    steps = store.steps(store.runs()["run_id"])
+    perturbed = steps[steps["run_id"] == runs.loc["perturbed", "run_id"]].sort_values("step")
+    baseline = steps[steps["run_id"] == runs.loc["baseline", "run_id"]].sort_values("step")
+    assert list(perturbed["knob.input_noise"]) == [3.0] * 5 + [0.1] * 2
+    assert set(baseline["knob.input_noise"].iloc[1:]) == {0.1}

@@ -29,8 +29,10 @@ Meaning of the fields that shape a run:
   the window (default 1: a single shock).
 - Stabilizers are *held on* for the whole run, on the shared prefix and on both branches of
   every pair, re-applied every step: the recipe is "training with clipping", and the paired
-  comparison stays fair because both branches carry the stabilizer. Only knob stabilizers can
-  be held on (an event such as ``rollback`` is an action, not a setting).
+  comparison stays fair because both branches carry the stabilizer. Only knobs can be held on
+  (an event such as ``rollback`` is an action, not a setting); a perturbation's knob held on is
+  a condition of training (``input_noise``: observation noise throughout), and a perturbation
+  of the same knob overrides the held value while it lasts.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ SHORTHAND_FIELDS = ("env", "env_kwargs", "stabilizers")  # a plan's one-recipe f
 
 
 class Stabilizer(BaseModel):
-    """A knob stabilizer held on for the whole run at ``magnitude``."""
+    """A knob held on for the whole run at ``magnitude``: a stabilizer (``grad_clip``), or a
+    perturbation's knob held as a condition of training (``input_noise``: observation noise
+    throughout). A perturbation of the same knob overrides the held value while it lasts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,10 +78,14 @@ class Stabilizer(BaseModel):
     @field_validator("name")
     @classmethod
     def _knob_stabilizer(cls, name: str) -> str:
-        intervention = registry.get(name)
-        if intervention.role is not Role.STABILIZER or intervention.knob is None:
-            allowed = [i.name for i in _held_stabilizers()]
-            raise ValueError(f"{name!r} cannot be held on; knob stabilizers: {allowed}")
+        if registry.get(name).knob is None:
+            held = _held_knobs()
+            stabilizers = [i.name for i in held if i.role is Role.STABILIZER]
+            others = [i.name for i in held if i.role is not Role.STABILIZER]
+            raise ValueError(
+                f"{name!r} cannot be held on (an event, not a knob); knob stabilizers: "
+                f"{stabilizers}; perturbation knobs: {others}"
+            )
         return name
 
     @model_validator(mode="after")
@@ -400,10 +408,8 @@ class AuditPlan(BaseModel):
         return name
 
 
-def _held_stabilizers() -> list[Intervention]:
-    return [
-        i for i in registry.all_interventions() if i.role is Role.STABILIZER and i.knob is not None
-    ]
+def _held_knobs() -> list[Intervention]:
+    return [i for i in registry.all_interventions() if i.knob is not None]
 
 
 def default_plan() -> AuditPlan:

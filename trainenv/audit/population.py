@@ -137,9 +137,9 @@ def run_batch(batch: PopulationBatch) -> list[RunRecord]:
             continue
         slots.append((i, group.baseline_id, [holds[i]] * group.horizon))
         for pert in group.perturbations:
-            hit = {**holds[i], pert.name: pert.magnitude}
-            rest = [holds[i]] * (group.horizon - pert.issues)
-            slots.append((i, pert.run_id, [hit] * pert.issues + rest))
+            hit, issued = {**holds[i], pert.name: pert.magnitude}, pert.issued_over(holds[i])
+            rest = [holds[i]] * (group.horizon - issued)
+            slots.append((i, pert.run_id, [hit] * issued + rest))
     branches = _run_branches(prefix_env, groups, slots) if slots else {}
 
     records: list[RunRecord] = []

@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,6 +46,11 @@ class Perturbation:
     magnitude: float
     window: int  # steps the perturbation acts for
     issues: int  # consecutive steps the action is issued on
+
+    def issued_over(self, hold: Mapping[str, float]) -> int:
+        """Steps the action is issued on, given the knobs held on: a perturbation of a held
+        knob is issued over its whole window (re-applying the hold would end it at once)."""
+        return self.window if self.name in hold else self.issues
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,8 @@ def run_group(group: Group) -> list[RunRecord]:
         records.append(RunRecord(_row(group, None, base, started), prefix + base.steps))
     for pert in group.perturbations:
         branch_started = time.perf_counter()
-        hit = {**hold, pert.name: pert.magnitude}
-        schedule = [hit] * pert.issues + [hold] * (group.horizon - pert.issues)
+        hit, issued = {**hold, pert.name: pert.magnitude}, pert.issued_over(hold)
+        schedule = [hit] * issued + [hold] * (group.horizon - issued)
         branch = _branch(env, schedule, group.onset, pert.run_id)
         row = _row(group, pert, branch, branch_started, base)
         row["applied_magnitude"] = branch.applied[pert.name]  # as the env reports it

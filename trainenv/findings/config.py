@@ -41,14 +41,15 @@ FULL_EXPECTED_MINUTES = 45
 Setting = int | float | list[int]  # a trainer setting of claim 1's grid (ints stay ints: run
 # ids hash them; a list is a layer-width tuple such as hidden)
 MIN_LEVELS = 3  # claim 2's dose-response: a knob at this many levels or more (plus off)
+STOCHASTICITY_KNOBS = ("grad_noise", "dropout", "entropy_bonus", "input_noise")
+"""Claim 2's knobs of controlled stochasticity (``input_noise`` held on: observation noise)."""
 
 
 class StochasticityKnob(BaseModel):
     """Claim 2's stochasticity knob at several levels, each held on for the whole run.
 
     Attributes:
-        name: A knob stabilizer of the paradigm's trainer (``grad_noise``, ``dropout``,
-            ``entropy_bonus`` ...).
+        name: One of :data:`STOCHASTICITY_KNOBS` that the paradigm's trainer has.
         levels: Its magnitudes, at least :data:`MIN_LEVELS`, increasing, each in the
             intervention's range.
     """
@@ -60,6 +61,10 @@ class StochasticityKnob(BaseModel):
 
     @model_validator(mode="after")
     def _valid_levels(self) -> StochasticityKnob:
+        if self.name not in STOCHASTICITY_KNOBS:
+            raise ValueError(
+                f"stochasticity knob must be one of {list(STOCHASTICITY_KNOBS)}, got {self.name!r}"
+            )
         if len(self.levels) < MIN_LEVELS or list(self.levels) != sorted(set(self.levels)):
             raise ValueError(
                 f"levels of {self.name!r} must be >= {MIN_LEVELS} distinct magnitudes in "
