@@ -34,8 +34,8 @@ __all__ = [
 CONFIG_FILE = Path(__file__).with_name("paradigms.yaml")
 # The full run with 2 workers, estimated from CPU seconds per recipe x seed measured on a shared
 # 2-core machine (Digits ~0.2 s and CartPole ~3-3.5 s as populations, TinyLM ~18 s per run):
-# claims 1-2 about 3,300 CPU-s at the sample-size rule's starts, 3,800 at its caps, claim 3
-# 600-1,000: 33-39 min on 2 busy cores. Each report states its own wall time.
+# claims 1-2 about 3,500 CPU-s at the sample-size rule's starts, 4,000 at its caps, claim 3
+# 600-1,000: 34-42 min on 2 busy cores. Each report states its own wall time.
 FULL_EXPECTED_MINUTES = 45
 
 Setting = int | float | list[int]  # a trainer setting of claim 1's grid (ints stay ints: run
