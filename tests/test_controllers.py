@@ -105,7 +105,7 @@ def test_adversary_wrapper_passes_the_environment_checkers(agent_actions: str) -
     gym_check_env(env, skip_render_check=True)
     sb3_check_env(env, warn=True)
     assert {i.name for i in env.agent_spec.interventions} == {
-        "grad_clip", "lr_backoff", "rollback", "grad_noise"
+        "grad_clip", "lr_backoff", "rollback", "grad_noise", "dropout"
     }  # fmt: skip
 
 
