@@ -246,13 +246,28 @@ def test_weight_change_equals_the_norms_of_a_float64_copy() -> None:
     assert float(weights.measure()[0]) == 0.0
 
 
-def test_weight_change_names_parameters_it_cannot_view() -> None:
+def test_weight_change_names_parameters_it_cannot_measure() -> None:
     from trainenv.monitor.weights import WeightChange
 
     with pytest.raises(ValueError, match="params: no trained"):
         WeightChange([])
-    with pytest.raises(ValueError, match="params: a non-contiguous"):
-        WeightChange([torch.nn.Parameter(torch.zeros(3, 4).t())])
+
+
+def test_weight_change_measures_non_contiguous_parameters() -> None:
+    from trainenv.monitor.weights import WeightChange
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4).t()), torch.nn.Parameter(torch.randn(5))]
+    assert not params[0].is_contiguous()
+    weights = WeightChange(params)
+    before = torch.cat([p.detach().reshape(-1) for p in params]).double()
+    with torch.no_grad():
+        params[0].add_(0.5)
+        params[1].mul_(3)
+    after = torch.cat([p.detach().reshape(-1) for p in params]).double()
+    change, norm = weights.measure()
+    assert float(change) == pytest.approx(float((after - before).norm()), rel=1e-6)
+    assert float(norm) == pytest.approx(float(after.norm()), rel=1e-6)
 
 
 def test_the_transformers_callback_row_equals_a_reference_computation() -> None:

@@ -34,13 +34,14 @@ class WeightChange:
     per-parameter norms did.
 
     Args:
-        params: The trained parameters: contiguous, on one device. Their storage must stay in
-            place (optimizer steps and ``load_state_dict`` write into it; replacing a
-            parameter's ``.data`` would leave the flat views reading the old storage).
+        params: The trained parameters, on one device. Their storage must stay in place
+            (optimizer steps and ``load_state_dict`` write into it; replacing a parameter's
+            ``.data`` would leave the flat views reading the old storage). A non-contiguous
+            parameter (a transposed view, say) has no flat view: it is flattened into a
+            copy at each measurement, the one allocation per update it costs.
 
     Raises:
-        ValueError: ``params`` is empty, spans several devices, or holds a non-contiguous
-            tensor.
+        ValueError: ``params`` is empty or spans several devices.
     """
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
@@ -51,8 +52,6 @@ class WeightChange:
         if len(devices) > 1:
             raise ValueError(f"params: on {len(devices)} devices {sorted(map(str, devices))}; "
                              "the weight norms need them on one")  # fmt: skip
-        if not all(p.is_contiguous() for p in params):
-            raise ValueError("params: a non-contiguous parameter; the weight norms need flat views")
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
         sizes = [p.numel() for p in params]
         size = sum(sizes)
@@ -61,7 +60,9 @@ class WeightChange:
         self._grid = torch.zeros(-(-size // width), width, dtype=dtype, device=params[0].device)
         self._before = self._grid.view(-1)[:size]
         self._params = params
-        self._flat = [p.view(-1) for p in params]  # share the parameters' storage
+        # Flat views share the parameters' storage; a non-contiguous one is copied when read.
+        self._flat = [p.view(-1) if p.is_contiguous() else p for p in params]
+        self._copied = [i for i, p in enumerate(params) if not p.is_contiguous()]
         # The copy seen parameter by parameter: the foreach subtraction's other operand.
         self._before_views = [v.view_as(p) for v, p in zip(self._before.split(sizes), params)]
         self.reset()
@@ -69,7 +70,12 @@ class WeightChange:
     def reset(self) -> None:
         """Take the current weights as the base of the next change (at the start, after a
         rollback or anything else that moves the weights outside an update)."""
-        torch.cat(self._flat, out=self._before)
+        flat = self._flat
+        if self._copied:
+            flat = list(flat)
+            for i in self._copied:
+                flat[i] = self._params[i].reshape(-1)
+        torch.cat(flat, out=self._before)
 
     def measure(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(||w - w_base||, ||w||)``, 0-d tensors, unconverted (no device sync): the L2 norm
