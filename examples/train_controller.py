@@ -27,6 +27,14 @@ best rule, back-off on loss spike, 0.450 / 0.494, unperturbed final p 0.966):
   0.300 [0.150, 0.350], final p 0.652 [0.602, 0.752]: better than every rule, far from the
   other two targets (13 min, 5 of them the baselines).
 
+On CartPole (``--env trainenv/CartPole-PPO-v0 --episodes 4``, the defaults otherwise; 4
+held-out episodes only, as one CartPole episode costs 10-60 s per controller here): no-op
+0.500 / 0.269, the best rule (rollback on drop) 0.000 / 0.763, unperturbed final p 0.735;
+learned with ``--timesteps 4096 --n-steps 32``: 0.250 [0.250, 0.500] / 0.269 [0.128, 0.367]
+(12 min, baselines reused); with ``--timesteps 1024 --n-steps 16``: 0.500 [0.250, 0.500] /
+0.269 [0.183, 0.306] (14 min, 7.4 of them the baselines). Only the collapse target is met
+(at 4096 steps): too few training steps and episodes for CartPole within this budget.
+
 Results under ``OUT``: ``training-<seed>/`` per training (``policy.json``,
 ``policy.safetensors``, ``tensorboard/``, ``evaluation/``: report and results store of the
 learned controller), ``baselines/`` (the evaluation of no-op, rules and unperturbed; pass it to
