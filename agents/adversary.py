@@ -388,8 +388,14 @@ class CompoundMenu(DiscreteMenu):
             raise ValueError(
                 f"stabilizers: the compound menu needs {missing} too, got {sorted(names)}"
             )
+        # The plain menu's entries keep their positions; the compound one is not a level.
+        self._plain = DiscreteMenu(interventions, levels)
         self.entries = (*self.entries, dict(BACKOFF_AND_ROLLBACK))
         self.space = gym.spaces.Discrete(len(self.entries))
+
+    def index(self, name: str, magnitude: float | None = None) -> int:
+        """The plain menu's action applying ``name`` at ``magnitude`` (never the compound)."""
+        return self._plain.index(name, magnitude)
 
     def encode(self, magnitudes: Mapping[str, float]) -> int:
         """As the plain menu's, and the compound entry for exactly :data:`BACKOFF_AND_ROLLBACK`."""
