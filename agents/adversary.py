@@ -320,19 +320,29 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step_inner(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Step with an action of the inner env's space, as :func:`agents.encode` and the
         controllers of :mod:`agents.rules` build it; it may apply the agent's stabilizers only."""
-        return self._step(self._inner.action_spec.decode(action))
+        return self._step(self.decode_inner(action))
 
-    def _step(
-        self, stabilizers: Mapping[str, float]
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self.schedule is None:
-            raise RuntimeError("call reset() before step()")
+    def decode_inner(self, action: Any) -> dict[str, float]:
+        """``{stabilizer: magnitude}`` that an action of the inner env's space applies;
+        ``ValueError`` if it applies anything but the agent's stabilizers. (The population
+        evaluation of :mod:`agents.evaluate` decodes its members' actions with this.)"""
+        return self._allowed(self._inner.action_spec.decode(action))
+
+    def _allowed(self, stabilizers: Mapping[str, float]) -> dict[str, float]:
         allowed = {i.name for i in self.agent_spec.interventions}
         refused = sorted(set(stabilizers) - allowed)
         if refused:
             raise ValueError(
                 f"action applies {refused}; the agent may apply only {sorted(allowed)}"
             )
+        return dict(stabilizers)
+
+    def _step(
+        self, stabilizers: Mapping[str, float]
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.schedule is None:
+            raise RuntimeError("call reset() before step()")
+        stabilizers = self._allowed(stabilizers)
         shocks = self.schedule.at(self._step_index)
         self._step_index += 1
         return self._inner.intervene({**stabilizers, **shocks})

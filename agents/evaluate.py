@@ -6,6 +6,15 @@ training split's (checked before anything runs), so no evaluated run or schedule
 training. The *unperturbed* row is the no-op controller on the same run seeds with no shocks:
 the reference for final performance.
 
+Where the env has a population form (``gymnasium.make_vec`` with its vector entry point:
+Digits-MLP, CartPole-PPO), a controller's episodes run as the members of one population
+(:func:`run_population`: member ``i`` is episode ``i``, its run seed, its schedule's shocks and
+its own controller instance; one batched computation advances them all). A controller that
+needs the single-run env (``needs_single_env``: :class:`~agents.rules.ForkSearch` forks it) and
+envs without a population form run one episode at a time (:func:`run_episode`). A population
+member equals the single-run trainer statistically, not bit for bit; members are independent
+of each other.
+
 Per episode and per controller the metrics are those of
 :mod:`trainenv.audit.controllers` (collapse, final ``p``, area under the curve, intervention
 cost; means with bootstrap CIs over episodes). Results go to a
@@ -21,54 +30,32 @@ cost; means with bootstrap CIs over episodes). Results go to a
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 import torch
 
 from agents.adversary import HELDOUT_SPLIT, TRAIN_SPLIT, AdversaryWrapper, SeedSplit
-from agents.encoding import unwrap
+from agents.episodes import (
+    ControllerFactory,
+    Episode,
+    env_name,
+    has_population,
+    run_episode,
+    run_population,
+)
 from agents.rules import BackoffOnLossSpike, ClipOnGradSpike, ForkSearch, RollbackOnDrop
 from agents.scripted import NoOp
-from trainenv import Role, get_intervention
 from trainenv.audit import (
-    CONTROLLER,
     NOOP,
     UNPERTURBED,
     ControllerSummary,
     ResultStore,
-    RunRecord,
-    run_id,
-    step_row,
     summarize_controllers,
     write_controller_report,
 )
-
-
-class Controller(Protocol):
-    """What :func:`evaluate` drives: the protocol of every controller in :mod:`agents`."""
-
-    def reset(self) -> None: ...
-
-    def act(self, obs: Any, info: Mapping[str, Any]) -> Any: ...
-
-
-ControllerFactory = Callable[[AdversaryWrapper], Controller]
-"""Builds a controller on the evaluation env; its ``act`` returns an action of the inner
-env's space (:meth:`AdversaryWrapper.step_inner`), as :func:`agents.encode` builds it."""
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One evaluation episode: the run seed and the adversary's schedule seed."""
-
-    run_seed: int
-    schedule_seed: int
 
 
 def check_heldout(split: SeedSplit) -> None:
@@ -128,6 +115,8 @@ def evaluate(
     out: str | Path | None = None,
     n_boot: int = 1000,
     confidence: float = 0.95,
+    population: bool | None = None,
+    members: int = 32,
 ) -> Evaluation:
     """Run every controller on every episode of ``env`` and summarise.
 
@@ -142,8 +131,18 @@ def evaluate(
         out: Directory for the results store, ``report.md`` and the figure (``None``:
             nothing written). It must not already hold results.
         n_boot, confidence: Bootstrap resamples and CI level.
+        population: Run the episodes as population members (:func:`run_population`) rather
+            than one at a time; ``None``: wherever the env has a population form. Controllers
+            with ``needs_single_env`` run one at a time regardless.
+        members: At most this many members per population (more episodes: several in turn).
     """
     check_heldout(env.split)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members must be an integer >= 1, got {members!r}")
+    if population is None:
+        population = has_population(env)
+    elif population and not has_population(env):
+        raise ValueError(f"population: {env_name(env)} has no population form")
     if not episodes:
         raise ValueError("episodes: need at least one")
     if not (controllers or noop or unperturbed):
@@ -162,8 +161,11 @@ def evaluate(
     rows = []
     for index, (run_env, name, make) in enumerate(runs):
         controller = make(run_env)
-        for episode in episodes:
-            record = run_episode(run_env, name, controller, episode)
+        if population and not getattr(controller, "needs_single_env", False):
+            records = run_population(run_env, name, make, episodes, members)
+        else:
+            records = [run_episode(run_env, name, controller, e) for e in episodes]
+        for record in records:
             record.row["controller_index"] = index  # the table's order, kept in the store
             rows.append(record.row)
             if store is not None:
@@ -196,58 +198,6 @@ def load_evaluation(
     if set(shocked["distribution"]) != {env.distribution.model_dump_json()}:
         raise ValueError("directory: evaluated under another adversary's distribution")
     return Evaluation(runs, summarize_controllers(runs))
-
-
-def run_episode(
-    env: AdversaryWrapper, name: str, controller: Controller, episode: Episode
-) -> RunRecord:
-    """One episode of ``controller`` (labelled ``name``) on ``env``, as an audit-store record:
-    its row (keys and the metrics of the module docstring) and its steps."""
-    started = time.perf_counter()
-    inner = unwrap(env)
-    keys = {
-        "recipe": name,
-        "env": inner.spec.id if inner.spec else type(inner.trainer).__name__,
-        "distribution": env.distribution.model_dump_json(),
-        "seed": episode.run_seed,
-        "schedule_seed": episode.schedule_seed,
-    }
-    rid = run_id(keys)
-    obs, info = env.reset(
-        options={"run_seed": episode.run_seed, "schedule_seed": episode.schedule_seed}
-    )
-    controller.reset()
-    steps = [step_row(rid, 0, obs, info)]
-    p = np.zeros(inner.max_steps)
-    cost, interventions = 0.0, 0
-    terminated = truncated = False
-    while not (terminated or truncated):
-        obs, _, terminated, truncated, info = env.step_inner(controller.act(obs, info))
-        steps.append(step_row(rid, len(steps), obs, info))
-        p[len(steps) - 2] = info["p"]
-        stabilizers = [get_intervention(n) for n, _ in info["applied"]]
-        stabilizers = [i for i in stabilizers if i.role is Role.STABILIZER]
-        cost += sum(i.cost for i in stabilizers)
-        interventions += len(stabilizers)
-    collapse = info["collapse"]
-    row = {
-        **keys,
-        "run_id": rid,
-        "kind": CONTROLLER,
-        "status": "ok",
-        "controller": name,
-        "schedule": env.schedule.describe() if env.schedule else "none",
-        "horizon": inner.max_steps,
-        "collapsed": collapse is not None,
-        "collapse_reason": collapse,
-        "final_p": float(p[-1]),
-        "auc": float(p.mean()),
-        "cost": cost,
-        "interventions": interventions,
-        "steps_run": len(steps) - 1,
-        "wall_s": time.perf_counter() - started,
-    }
-    return RunRecord(row, steps)
 
 
 def _empty_store(out: str | Path) -> ResultStore:

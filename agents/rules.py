@@ -121,7 +121,12 @@ class ForkSearch:
     candidate and continue each fork with no-ops for ``horizon`` steps, then apply the candidate
     whose fork reached the highest normalised performance (ties: the first, so no-op wins
     ties). Costs ``len(candidates) * horizon`` extra steps per decision.
+
+    It forks the single-run env it was built on, so :func:`agents.evaluate.evaluate` runs it
+    one episode at a time (``needs_single_env``), never as a population member.
     """
+
+    needs_single_env = True
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import trainenv  # noqa: F401
-from agents import Schedule
+from agents import NoOp, RollbackOnDrop, Schedule
 from agents.adversary import (
     HELDOUT_SPLIT,
     TRAIN_SPLIT,
@@ -21,6 +21,7 @@ from agents.adversary import (
     make_adversarial_env,
 )
 from agents.controller_files import PICKLE_FILE, SETTINGS_FILE, WEIGHTS_FILE, load_policy
+from agents.episodes import run_population
 from agents.evaluate import (
     NOOP,
     UNPERTURBED,
@@ -331,3 +332,63 @@ def test_the_spread_over_two_tiny_trainings(tmp_path) -> None:
         assert spread.loc["learned", f"{metric}_max"] == max(values)
     with pytest.raises(ValueError, match="none to evaluate"):
         evaluate(env, {}, episodes, unperturbed=False, noop=False)
+
+
+# -- evaluation on populations -------------------------------------------------------------------
+class _SingleEnvProbe:
+    """A no-op that needs the single-run env (as ForkSearch does) and records its schedules."""
+
+    needs_single_env = True
+
+    def __init__(self, env) -> None:
+        self.env, self.seen, self._noop = env, [], NoOp(env)
+
+    def reset(self) -> None:
+        self.seen.append(self.env.schedule.seed)  # set by the single-run env's reset only
+
+    def act(self, obs, info):
+        return self._noop.act(obs, info)
+
+
+def test_population_evaluation_uses_the_heldout_episodes_and_the_per_run_format() -> None:
+    env = adversarial(split=HELDOUT_SPLIT)
+    episodes = heldout_episodes(3)
+    rollback = {"rollback on drop": RollbackOnDrop}
+    pooled = evaluate(env, rollback, episodes, n_boot=20, population=True)
+    single = evaluate(env, rollback, episodes, n_boot=20, population=False)
+    assert list(pooled.runs.columns) == list(single.runs.columns)
+    assert list(pooled.summary.table.columns) == list(single.summary.table.columns)
+    assert list(pooled.summary.table["controller"]) == [UNPERTURBED, NOOP, "rollback on drop"]
+    for name, group in pooled.runs.groupby("controller"):
+        assert list(zip(group["seed"], group["schedule_seed"])) == [
+            (e.run_seed, e.schedule_seed) for e in episodes
+        ]
+        shocked = name != UNPERTURBED
+        schedules = [MIXED.sample(e.schedule_seed).describe() if shocked else "none"
+                     for e in episodes]  # fmt: skip
+        assert list(group["schedule"]) == schedules
+    # The shocks strike each member at their step, as in the single-run env.
+    noop = run_population(env, NOOP, NoOp, episodes)
+    for record, episode in zip(noop, episodes):
+        for shock in MIXED.sample(episode.schedule_seed).shocks:
+            assert shock.name in record.steps[shock.step + 1]["applied"]
+    # A controller that needs the single-run env is run one episode at a time.
+    probes: list[_SingleEnvProbe] = []
+    evaluate(env, {"probe": lambda e: probes.append(_SingleEnvProbe(e)) or probes[-1]},
+             episodes, unperturbed=False, noop=False, n_boot=20, population=True)  # fmt: skip
+    assert [p.seen for p in probes] == [[e.schedule_seed for e in episodes]]
+    with pytest.raises(ValueError, match="members must be"):
+        evaluate(env, {}, episodes, members=0)
+
+
+def test_a_population_member_has_the_outcome_it_has_alone() -> None:
+    env = adversarial(split=HELDOUT_SPLIT)
+    episodes = heldout_episodes(3)
+    together = run_population(env, NOOP, NoOp, episodes, members=2)  # populations of 2 and 1
+    alone = run_population(env, NOOP, NoOp, episodes[1:2])
+    drop = {"wall_s"}
+    assert {k: v for k, v in together[1].row.items() if k not in drop} == {
+        k: v for k, v in alone[0].row.items() if k not in drop
+    }
+    # Every step the same (telemetry is NaN before the first update, hence frames).
+    pd.testing.assert_frame_equal(pd.DataFrame(together[1].steps), pd.DataFrame(alone[0].steps))
