@@ -45,6 +45,32 @@ the run rolled back to its last good fork, in one step (the joint reaction that 
 from a learning-rate shock; either alone left about half the shocked runs collapsed, as
 :class:`~agents.rules.BackoffAndRollbackOnAlarm` notes)."""
 _DIMENSION_ORDER = tuple(Dimension)
+PROGRESS_BOUNDS = (-1.0, 2.0)
+"""Bounds of the progress entries (``p``, ``best_p``) of :func:`progress_observation`."""
+
+
+def progress_observation(obs: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
+    """``obs`` with the run's normalised performance ``info["p"]`` and its best so far
+    ``info["best_p"]`` appended (clipped to :data:`PROGRESS_BOUNDS`), shape ``(D + 2,)``.
+
+    What :class:`~agents.rules.RollbackOnDrop` reads and a telemetry observation (the latest
+    row only) lacks: a drop from the best is invisible without the best.
+    """
+    progress = np.clip([info["p"], info["best_p"]], *PROGRESS_BOUNDS)
+    return np.append(np.asarray(obs, dtype=np.float32), progress).astype(np.float32)
+
+
+def progress_space(space: gym.spaces.Space) -> gym.spaces.Box:
+    """``space`` (a ``Box`` of shape ``(D,)``) with the two entries of
+    :func:`progress_observation`."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"progress: needs a flat Box observation space, got {space}")
+    low, high = PROGRESS_BOUNDS
+    return gym.spaces.Box(
+        np.append(space.low, [low, low]).astype(np.float32),
+        np.append(space.high, [high, high]).astype(np.float32),
+        dtype=np.float32,
+    )
 
 
 # -- schedules ---------------------------------------------------------------------------------
@@ -243,7 +269,9 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     back" last (``"compound"``, :class:`CompoundMenu`) or a ``Box(-1, 1)`` with one component
     per stabilizer (``"continuous"``); see :mod:`trainenv.core.actions`. Reward, termination
     and ``info`` are the inner env's; ``info["applied"]`` lists the shocks and stabilizers
-    applied that step. ``reset`` adds ``run_seed`` and ``schedule_seed`` to ``info``.
+    applied that step. ``reset`` adds ``run_seed`` and ``schedule_seed`` to ``info``. With
+    ``progress=True`` the observation also holds ``p`` and ``best_p``
+    (:func:`progress_observation`).
 
     ``reset(seed=s)`` draws the run seed and the schedule seed from the ``split`` with a
     generator seeded by ``s`` (later seedless resets continue it); ``options={"run_seed": r,
@@ -258,6 +286,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         stabilizers: The agent's stabilizers (default: every stabilizer ``env`` offers).
         levels: Magnitudes per stabilizer on the discrete menu.
         split: The seeds this environment draws from.
+        progress: Append ``p`` and ``best_p`` to the observation.
     """
 
     def __init__(
@@ -269,6 +298,7 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         stabilizers: Sequence[str] | None = None,
         levels: int = 3,
         split: SeedSplit = TRAIN_SPLIT,
+        progress: bool = False,
     ) -> None:
         inner = unwrap(env)
         offered = {i.name: i for i in inner.interventions}
@@ -277,12 +307,14 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # Recorded so that ``env.spec.make()`` rebuilds the wrapped env.
         gym.utils.RecordConstructorArgs.__init__(
             self, distribution=distribution, agent_actions=agent_actions,
-            stabilizers=stabilizers, levels=levels, split=split,
+            stabilizers=stabilizers, levels=levels, split=split, progress=progress,
         )  # fmt: skip
         gym.Wrapper.__init__(self, env)
-        self.distribution, self.split = distribution, split
+        self.distribution, self.split, self.progress = distribution, split, progress
         self._inner = inner
         self.action_space = self.agent_spec.space
+        if progress:
+            self.observation_space = progress_space(env.observation_space)
         self.schedule: AdversarialSchedule | None = None
         self._rng: np.random.Generator | None = None
         self._step_index = 0
@@ -307,7 +339,16 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.schedule = self.distribution.sample(schedule_seed)
         self._step_index = 0
         obs, info = self.env.reset(seed=run_seed)
-        return obs, {**info, "run_seed": run_seed, "schedule_seed": schedule_seed}
+        return self.observe(obs, info), {
+            **info,
+            "run_seed": run_seed,
+            "schedule_seed": schedule_seed,
+        }
+
+    def observe(self, obs: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
+        """The agent's observation of the inner env's ``obs`` and ``info``: ``obs`` itself, or
+        with ``progress`` :func:`progress_observation` (also for population members)."""
+        return progress_observation(obs, info) if self.progress else obs
 
     def with_distribution(self, distribution: ScheduleDistribution) -> AdversaryWrapper:
         """The same agent, seeds and inner env (shared, not copied) under another adversary."""
@@ -345,7 +386,8 @@ class AdversaryWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         stabilizers = self._allowed(stabilizers)
         shocks = self.schedule.at(self._step_index)
         self._step_index += 1
-        return self._inner.intervene({**stabilizers, **shocks})
+        obs, reward, terminated, truncated, info = self._inner.intervene({**stabilizers, **shocks})
+        return self.observe(obs, info), reward, terminated, truncated, info
 
 
 def _check_fits(
@@ -436,6 +478,7 @@ def make_adversarial_env(
     stabilizers: Sequence[str] | None = None,
     levels: int = 3,
     split: SeedSplit = TRAIN_SPLIT,
+    progress: bool = False,
     **env_kwargs: Any,
 ) -> AdversaryWrapper:
     """Build ``env_id`` (with ``env_kwargs``) under an adversary.
@@ -458,4 +501,5 @@ def make_adversarial_env(
         stabilizers=stabilizers,
         levels=levels,
         split=split,
+        progress=progress,
     )

@@ -87,7 +87,8 @@ def run_population(
     Member ``i`` is episode ``i``: reset with its run seed, struck by the shocks of its
     schedule (``env.distribution.sample(schedule_seed)``, applied at the member's step as
     :class:`~agents.adversary.AdversaryWrapper` applies them) and controlled by its own
-    ``make(env)``, whose actions (of the inner env's space) decode through
+    ``make(env)``, which observes as ``env`` does (:meth:`~agents.adversary.AdversaryWrapper.
+    observe`) and whose actions (of the inner env's space) decode through
     :meth:`~agents.adversary.AdversaryWrapper.decode_inner`. ``env`` is only read.
     """
     if not has_population(env):
@@ -121,20 +122,22 @@ def _run_members(
         controllers = [make(env) for _ in episodes]
         obs, batched = population.reset(seed=[e.run_seed for e in episodes])
         infos = unbatch_infos(batched, n)
-        logs = [_EpisodeLog(env, name, e, obs[i], infos[i]) for i, e in enumerate(episodes)]
+        seen = [env.observe(o, info) for o, info in zip(obs, infos)]  # what env's agent sees
+        logs = [_EpisodeLog(env, name, e, seen[i], infos[i]) for i, e in enumerate(episodes)]
         for controller in controllers:
             controller.reset()
         live, step = np.ones(n, dtype=bool), 0
         while live.any():
             actions = [
-                {**env.decode_inner(c.act(obs[i], infos[i])), **schedules[i].at(step)}
+                {**env.decode_inner(c.act(seen[i], infos[i])), **schedules[i].at(step)}
                 if live[i] else {}
                 for i, c in enumerate(controllers)
             ]  # fmt: skip
             obs, _, terminated, truncated, batched = population.intervene(actions)
             infos = unbatch_infos(batched, n)
+            seen = [env.observe(o, info) for o, info in zip(obs, infos)]
             for i in np.flatnonzero(live):
-                logs[i].add(obs[i], infos[i])
+                logs[i].add(seen[i], infos[i])
             live &= ~(terminated | truncated)
             step += 1
     finally:

@@ -34,6 +34,8 @@ from agents.adversary import (
     _check_fits,
     _draw,
     _stabilizers,
+    progress_observation,
+    progress_space,
 )
 from trainenv import PopulationVectorEnv, unbatch_infos
 
@@ -51,7 +53,7 @@ class AdversarialPopulation(VectorWrapper):
             (this wrapper restarts members itself, with seeds from ``split``) offering the
             distribution's perturbations and the agent's stabilizers.
         distribution: The adversary's schedules.
-        agent_actions, stabilizers, levels, split: As for ``AdversaryWrapper``.
+        agent_actions, stabilizers, levels, split, progress: As for ``AdversaryWrapper``.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class AdversarialPopulation(VectorWrapper):
         stabilizers: Sequence[str] | None = None,
         levels: int = 3,
         split: SeedSplit = TRAIN_SPLIT,
+        progress: bool = False,
     ) -> None:
         if not isinstance(env, PopulationVectorEnv) or env.autoreset_mode != AutoresetMode.DISABLED:
             raise ValueError(
@@ -74,9 +77,12 @@ class AdversarialPopulation(VectorWrapper):
         super().__init__(env)
         self.population_env = env
         self.agent_spec = _agent_spec(agent_actions, _stabilizers(offered, stabilizers), levels)
-        self.distribution, self.split = distribution, split
+        self.distribution, self.split, self.progress = distribution, split, progress
         self.single_action_space = self.agent_spec.space
         self.action_space = batch_space(self.single_action_space, env.num_envs)
+        if progress:
+            self.single_observation_space = progress_space(env.single_observation_space)
+            self.observation_space = batch_space(self.single_observation_space, env.num_envs)
         self.metadata = {**env.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         n = env.num_envs
         self._rngs: list[np.random.Generator | None] = [None] * n
@@ -99,7 +105,8 @@ class AdversarialPopulation(VectorWrapper):
         for i in range(n):
             if seed is not None or self._rngs[i] is None:
                 self._rngs[i] = np.random.default_rng(None if seed is None else seed[i])
-        return self._restart(np.ones(n, dtype=bool))
+        obs, infos = self._restart(np.ones(n, dtype=bool))
+        return self._observe(obs, unbatch_infos(infos, n)), infos
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every member with the agent's action (``actions[i]``) and its schedule's shocks."""
@@ -119,20 +126,29 @@ class AdversarialPopulation(VectorWrapper):
             interventions
         )
         done = terminations | truncations
+        ended = unbatch_infos(infos, self.num_envs)
         if not done.any():
-            return obs, rewards, terminations, truncations, infos
+            return self._observe(obs, ended), rewards, terminations, truncations, infos
         # Same-step autoreset: the ended members' last observation and info go to final_obs
         # and final_info, their entries to the restarted episodes'.
-        ended = unbatch_infos(infos, self.num_envs)
+        final_obs = self._observe(obs, ended)
         restarted_obs, restarted = self._restart(done)
         restarted_infos = unbatch_infos(restarted, self.num_envs)
+        now = [restarted_infos[i] if done[i] else ended[i] for i in range(self.num_envs)]
+        obs = self._observe(np.where(done[:, None], restarted_obs, obs), now)
         merged: dict[str, Any] = {}
         for i in range(self.num_envs):
             if done[i]:
-                merged = self._add_info(merged, {"final_obs": obs[i], "final_info": ended[i]}, i)
-                obs[i] = restarted_obs[i]
-            merged = self._add_info(merged, restarted_infos[i] if done[i] else ended[i], i)
+                final = {"final_obs": final_obs[i], "final_info": ended[i]}
+                merged = self._add_info(merged, final, i)
+            merged = self._add_info(merged, now[i], i)
         return obs, rewards, terminations, truncations, merged
+
+    def _observe(self, obs: np.ndarray, infos: Sequence[dict[str, Any]]) -> np.ndarray:
+        """The agent's observations (``progress``: :func:`progress_observation` per member)."""
+        if not self.progress:
+            return obs
+        return np.stack([progress_observation(o, info) for o, info in zip(obs, infos)])
 
     def _restart(self, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Draw run and schedule seeds for the ``mask``ed members and reset them."""
@@ -161,6 +177,7 @@ def make_adversarial_population(
     stabilizers: Sequence[str] | None = None,
     levels: int = 3,
     split: SeedSplit = TRAIN_SPLIT,
+    progress: bool = False,
     **env_kwargs: Any,
 ) -> AdversarialPopulation:
     """``env_id``'s population form with ``num_envs`` members (``gym.make_vec`` with its vector
@@ -175,5 +192,5 @@ def make_adversarial_population(
     )  # fmt: skip
     return AdversarialPopulation(
         env, distribution, agent_actions=agent_actions, stabilizers=stabilizers,
-        levels=levels, split=split,
+        levels=levels, split=split, progress=progress,
     )  # fmt: skip

@@ -80,6 +80,8 @@ class ControllerConfig(BaseModel):
         agent_actions: ``"discrete"`` menu or ``"continuous"`` box over the stabilizers.
         stabilizers: The agent's stabilizers (``None``: all the run supports).
         levels: Magnitudes per stabilizer on the discrete menu.
+        progress: The agent also observes ``p`` and ``best_p``
+            (:func:`~agents.adversary.progress_observation`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,12 +92,14 @@ class ControllerConfig(BaseModel):
     agent_actions: AgentActions = "discrete"
     stabilizers: tuple[str, ...] | None = None
     levels: int = Field(3, ge=1)
+    progress: bool = False
 
     def make_env(self, split: SeedSplit = TRAIN_SPLIT) -> AdversaryWrapper:
         """The adversarial environment, drawing its seeds from ``split``."""
         return make_adversarial_env(
             self.env_id, self.distribution, agent_actions=self.agent_actions,
-            stabilizers=self.stabilizers, levels=self.levels, split=split, **self.env_kwargs,
+            stabilizers=self.stabilizers, levels=self.levels, split=split,
+            progress=self.progress, **self.env_kwargs,
         )  # fmt: skip
 
     def has_population(self) -> bool:
@@ -110,7 +114,8 @@ class ControllerConfig(BaseModel):
             raise ValueError("distribution: resolve the config first (ControllerConfig.resolved)")
         return make_adversarial_population(
             self.env_id, n_envs, self.distribution, agent_actions=self.agent_actions,
-            stabilizers=self.stabilizers, levels=self.levels, split=split, **self.env_kwargs,
+            stabilizers=self.stabilizers, levels=self.levels, split=split,
+            progress=self.progress, **self.env_kwargs,
         )  # fmt: skip
 
     def resolved(self) -> ControllerConfig:
@@ -276,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--stabilizers", help="comma-separated (default: all the run supports)")
     parser.add_argument("--levels", type=int, default=3, help="magnitudes per stabilizer")
+    parser.add_argument("--progress", action="store_true", help="observe p and best_p too")
     parser.add_argument("--n-steps", type=int, help="PPO rollout length per environment")
     parser.add_argument("--dummy", action="store_true", help="all environments in one process")
     parser.add_argument(
@@ -289,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         distribution = ScheduleDistribution.model_validate_json(args.distribution.read_text())
     config = ControllerConfig(
         env_id=args.env_id, env_kwargs=args.env_kwargs, distribution=distribution,
-        agent_actions=args.agent_actions, levels=args.levels,
+        agent_actions=args.agent_actions, levels=args.levels, progress=args.progress,
         stabilizers=tuple(args.stabilizers.split(",")) if args.stabilizers else None,
     )  # fmt: skip
     ppo_kwargs = {} if args.n_steps is None else {"n_steps": args.n_steps}

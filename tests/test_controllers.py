@@ -379,6 +379,13 @@ def test_population_evaluation_uses_the_heldout_episodes_and_the_per_run_format(
     assert [p.seen for p in probes] == [[e.schedule_seed for e in episodes]]
     with pytest.raises(ValueError, match="members must be"):
         evaluate(env, {}, episodes, members=0)
+    # Members observe as the env's agent does: with progress, p and best_p appended.
+    progress = adversarial(split=HELDOUT_SPLIT, progress=True)
+    (record,) = run_population(progress, NOOP, NoOp, episodes[:1])
+    last = record.steps[-1]
+    assert len(last["observation"]) == progress.observation_space.shape[0]
+    best = max(0.0, *(step["p"] for step in record.steps))  # best_p: the best p so far
+    assert last["observation"][-2:] == pytest.approx([last["p"], best], abs=1e-6)
 
 
 def test_a_population_member_has_the_outcome_it_has_alone() -> None:

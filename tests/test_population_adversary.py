@@ -115,3 +115,35 @@ def test_the_cost_weight_shapes_the_reward_of_stabilizers() -> None:
         rewards.append(population.step(np.array([population.single_action_space.n - 1, 0]))[1])
     assert rewards[1][0] == pytest.approx(rewards[0][0] - 9 * (0.02 + 0.002))
     assert rewards[1][1] == rewards[0][1]  # no stabilizer, no cost
+
+
+def test_progress_observations_hold_p_and_best_p_on_both_forms(tmp_path) -> None:
+    torch.set_num_threads(1)
+    population = make_adversarial_population(ENV, 2, SHOCKS, progress=True, **SMALL)
+    plain = make_adversarial_population(ENV, 2, SHOCKS, **SMALL)
+    single = make_adversarial_env(ENV, SHOCKS, progress=True, **SMALL)
+    assert population.single_observation_space == single.observation_space
+    assert single.observation_space.shape == (plain.single_observation_space.shape[0] + 2,)
+    obs, infos = population.reset(seed=3)
+    raw, _ = plain.reset(seed=3)
+    noop = np.zeros(2, dtype=np.int64)
+    for _ in range(SMALL["max_steps"]):
+        members = unbatch_infos(infos, 2)
+        assert obs.shape == (2, single.observation_space.shape[0])
+        np.testing.assert_array_equal(obs[:, :-2], raw)  # the plain observation, then p
+        np.testing.assert_allclose(obs[:, -2:], [[m["p"], m["best_p"]] for m in members])
+        obs, _, terminated, truncated, infos = population.step(noop)
+        raw = plain.step(noop)[0]
+    assert (terminated | truncated).all()  # restarted within the step: their p, best_p
+    members = unbatch_infos(infos, 2)
+    np.testing.assert_allclose(obs[:, -2:], [[m["p"], m["best_p"]] for m in members])
+    final = unbatch_infos(infos, 2)[0]
+    np.testing.assert_allclose(final["final_obs"][-2:], [final["final_info"]["p"],
+                                                        final["final_info"]["best_p"]])  # fmt: skip
+    obs, info = single.reset(seed=0)
+    assert single.observation_space.contains(obs)
+    np.testing.assert_allclose(obs[-2:], [info["p"], info["best_p"]])
+    # A controller trained with progress observations saves and loads with them.
+    config = ControllerConfig(env_id=ENV, env_kwargs=SMALL, distribution=SHOCKS, progress=True)
+    train_controller(config, 32, tmp_path, n_envs=2, ppo_kwargs={"n_steps": 16, "batch_size": 16})
+    assert load_policy(tmp_path).observation_space == single.observation_space
