@@ -334,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results directory (default: DIR/evaluation)")
     parser.add_argument("--no-rules", action="store_true", help="skip the rule-based controllers")
     parser.add_argument(
+        "--per-run", action="store_true",
+        help="one episode at a time even where the env has a population form",
+    )  # fmt: skip
+    parser.add_argument(
         "--trust-pickle", action="store_true",
         help="also load an old pickled model.zip; unpickling can run code from the file, so "
         "pass this only for a file you trust",
@@ -348,7 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))  # one line, exit 2
     controllers = {**rules, "learned": lambda e: PolicyController(model, e)}
     out = args.out or args.directory / "evaluation"
-    evaluation = evaluate(env, controllers, heldout_episodes(args.episodes), out=out)
+    evaluation = evaluate(
+        env, controllers, heldout_episodes(args.episodes), out=out,
+        population=False if args.per_run else None,
+    )  # fmt: skip
     print(evaluation.table())
     print(format_verdicts(check_targets(evaluation.summary, "learned", list(rules))))
     print(f"results: {out}")

@@ -34,9 +34,8 @@ from agents.adversary import (
     _check_fits,
     _draw,
     _stabilizers,
-    progress_observation,
-    progress_space,
 )
+from agents.observation import progress_observation, progress_space
 from trainenv import PopulationVectorEnv, unbatch_infos
 
 

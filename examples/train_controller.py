@@ -94,6 +94,10 @@ def main() -> None:
         help="reward shaping: weight of the stabilizers' cost in the reward",
     )  # fmt: skip
     parser.add_argument("--n-steps", type=int, default=64, help="PPO rollout length per member")
+    parser.add_argument(
+        "--progress", action="store_true",
+        help="the controller also observes p and best_p (a drop from the best is visible)",
+    )  # fmt: skip
     parser.add_argument("--no-rules", action="store_true", help="skip the rule-based controllers")
     parser.add_argument(
         "--baselines", type=Path,
@@ -118,7 +122,7 @@ def main() -> None:
         env_id=args.env,
         env_kwargs={"observation": "telemetry", "reward": {"cost_weight": args.cost_weight}},
         distribution=DISTRIBUTION if args.env == "trainenv/Digits-MLP-v0" else None,
-        agent_actions=args.actions, stabilizers=STABILIZERS,
+        agent_actions=args.actions, stabilizers=STABILIZERS, progress=args.progress,
     ).resolved()  # fmt: skip
     env = config.make_env(HELDOUT_SPLIT)
     episodes = heldout_episodes(args.episodes)
