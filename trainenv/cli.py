@@ -313,7 +313,7 @@ def _findings(args: argparse.Namespace) -> int:
     if not args.quick:
         print(
             f"the full version takes about {FULL_EXPECTED_MINUTES} min on 2 CPU cores "
-            f"(--quick: ~5 min); interrupted, it resumes from {args.out}",
+            f"(--quick: ~6 min); interrupted, it resumes from {args.out}",
             flush=True,
         )
     workers = args.workers if args.workers is not None else os.cpu_count() or 1

@@ -32,11 +32,11 @@ __all__ = [
 ]
 
 CONFIG_FILE = Path(__file__).with_name("paradigms.yaml")
-# The full run with 2 workers, estimated from CPU seconds per recipe x seed measured on a shared
-# 2-core machine (Digits ~0.2 s and CartPole ~3-3.5 s as populations, TinyLM ~18 s per run):
-# claims 1-2 about 3,500 CPU-s at the sample-size rule's starts, 4,000 at its caps, claim 3
-# 600-1,000: 34-42 min on 2 busy cores. Each report states its own wall time.
-FULL_EXPECTED_MINUTES = 45
+# The full run with 2 workers, measured (commit 17ee642, 2 cores): 71 min wall, 4,375 CPU-s,
+# the first 22 min shared with three other jobs (load ~5). Claim 3 took 14 min, Digits'
+# claims 1-2 (12,640 runs) 7 min, CartPole's (2,480 + 620 runs at the rule's cap) 30 min,
+# TinyLM's (240 runs, one per task) 18 min. Each report states its own wall time.
+FULL_EXPECTED_MINUTES = 70
 
 Setting = int | float | list[int]  # a trainer setting of claim 1's grid (ints stay ints: run
 # ids hash them; a list is a layer-width tuple such as hidden)
