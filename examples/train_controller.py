@@ -27,13 +27,18 @@ best rule, back-off on loss spike, 0.450 / 0.494, unperturbed final p 0.966):
   0.300 [0.150, 0.350], final p 0.652 [0.602, 0.752]: better than every rule, far from the
   other two targets (13 min, 5 of them the baselines).
 
-On CartPole (``--env trainenv/CartPole-PPO-v0 --episodes 4``, the defaults otherwise; 4
-held-out episodes only, as one CartPole episode costs 10-60 s per controller here): no-op
-0.500 / 0.269, the best rule (rollback on drop) 0.000 / 0.763, unperturbed final p 0.735;
-learned with ``--timesteps 4096 --n-steps 32``: 0.250 [0.250, 0.500] / 0.269 [0.128, 0.367]
-(12 min, baselines reused); with ``--timesteps 1024 --n-steps 16``: 0.500 [0.250, 0.500] /
-0.269 [0.183, 0.306] (14 min, 7.4 of them the baselines). Only the collapse target is met
-(at 4096 steps): too few training steps and episodes for CartPole within this budget.
+Evaluation runs each controller's held-out episodes as the members of one population (one
+batched computation; :mod:`agents.episodes`), except fork search, which forks the single-run
+env and runs one episode at a time. On CartPole (``--env trainenv/CartPole-PPO-v0 --episodes
+16 --n-envs 16 --timesteps 16384``, the defaults otherwise; 35 min in all, nice 19 on the busy
+cores): the baselines took 500 s, about 20 s per controller for 16 episodes on a population
+against ~9 s per episode one at a time, and 395 s for fork search (per run). Collapse rate /
+final p: no-op 0.438 / 0.374, the best rule (rollback on drop) 0.062 / 0.510, unperturbed final
+p 0.774; learned, 5 trainings of 4.5-5.6 min each: 0.375 [0.250, 0.438] / 0.284 [0.207, 0.373].
+No target is met on CartPole: the learned controller is no better than no-op. With
+``--progress`` (the controller also observes ``p`` and ``best_p``, which a telemetry observation
+lacks; baselines reused, 25 min): 0.188 [0.000, 0.375] / 0.271 [0.127, 0.380]: the collapse
+target met, final p still far below unperturbed and below rollback on drop.
 
 Results under ``OUT``: ``training-<seed>/`` per training (``policy.json``,
 ``policy.safetensors``, ``tensorboard/``, ``evaluation/``: report and results store of the
