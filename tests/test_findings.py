@@ -389,6 +389,8 @@ def test_a_report_shows_the_verdicts_its_results_hold(tmp_path) -> None:
     assert rows[1][3].startswith("grad_noise trend -0.05")
     assert "drawdown difference at 1: -0.05" in rows[1][3]
     assert "Each level against the recipe without the knob" in text
+    knobs = ", ".join(k.name for k in config.paradigms[0].stochasticity)
+    assert f"at three or more levels: {knobs} (supervised)." in text  # the config's, not prose
     assert "## Sample sizes" in text
     leak_free = findings.warning["RL"].table.set_index("detector").loc[PRIMARY]
     assert rows[3][3].startswith(f"AUROC {leak_free['auroc']:.3f} [")

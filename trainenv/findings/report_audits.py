@@ -94,11 +94,14 @@ def claim2_section(findings: Findings, figures: dict[str, str]) -> list[str]:
     lines = [f"## Claim 2: {CLAIMS[2]}", ""]
     if not findings.buffering:
         return [*lines, "Not tested in this run.", ""]
+    knobs = "; ".join(
+        f"{', '.join(k.name for k in paradigm_of(findings, name).stochasticity)} ({name})"
+        for name in findings.buffering
+    )
     lines += [
         "**Design: dose-response.** The registered recipe is audited without and with each "
         "of its trainer's stochasticity knobs held on for the whole run (on the shared prefix "
-        "and on both forks of every pair), at three or more levels: Gaussian gradient noise "
-        "and dropout (supervised), the PPO entropy bonus (RL), dropout (LM). Every level "
+        f"and on both forks of every pair), at three or more levels: {knobs}. Every level "
         "gets the same perturbations, seeds, onset and horizon (common random numbers); a "
         "perturbed run at a level is paired with the run without the knob of the same seed, "
         "perturbation and magnitude. Drawdown is each run's largest gap below its own "
